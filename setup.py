@@ -1,0 +1,41 @@
+"""rewatch-jax: ReWatch-R1 video reasoning (Qwen2.5-VL, SFT + GRPO) in JAX/Flax NNX."""
+
+from setuptools import find_packages, setup
+
+# One narrow, tested set of pins (Python 3.11, CPU). Accelerator builds come from the extras.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "tensorflow-datasets==4.9.10",  # builds/reads ArrayRecord without TensorFlow
+    "transformers==5.24.0",  # tokenizers and the reference processor/config classes
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "imageio-ffmpeg==0.8.1",
+    "etils==1.15.0",
+    "numpy>=2.0,<2.5",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    # torch pinned to the CPU build that pip finds locally; a bare `torch` pulls a multi-GB CUDA build.
+    "test": ["pytest==9.2.0", "torch==2.13.0"],
+    "tpu": ["jax[tpu]==0.10.2"],
+    "gpu": ["jax[cuda12]==0.10.2"],
+}
+
+setup(
+    name="rewatch-jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["rewatch_jax", "rewatch_jax.*", "data_synthesis", "data_synthesis.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

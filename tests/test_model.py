@@ -1,0 +1,185 @@
+"""Model behaviour beyond parity: one compilation per bucket, KV cache, sharding, dtypes, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.hf_reference import build_hf_model, make_batch, tiny_config
+
+from rewatch_jax import hf
+from rewatch_jax.models import ConfigError, KVCache, Qwen25VL, from_hf_inputs
+from rewatch_jax.models.sharding import axis_rules
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("hf")
+  build_hf_model(tiny_config()).save_pretrained(path)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(hf_dir):
+  return hf.load_pretrained(hf_dir)
+
+
+def _pure(model):
+  graphdef, state = nnx.split(model)
+  return state, jax.jit(lambda state, inputs: nnx.merge(graphdef, state)(inputs))
+
+
+def test_one_compilation_per_bucket(model):
+  state, fwd = _pure(model)
+  cfg = model.config
+  for seed, grid in enumerate([(2, 8, 8), (4, 6, 4), (2, 4, 12), (6, 2, 2)]):
+    batch = make_batch(cfg, [[3, ("video", grid, 0.5 + seed), 4], [5]], seed=seed, pad_to=48)
+    inputs = from_hf_inputs(cfg, **batch, pad_patches_to=256)
+    logits = fwd(state, jax.tree.map(jnp.asarray, inputs))
+    assert np.isfinite(np.asarray(logits)).all()
+  assert fwd._cache_size() == 1
+
+
+def test_padding_patches_does_not_change_logits(model):
+  cfg = model.config
+  batch = make_batch(cfg, [[3, ("video", (2, 6, 4), 1.0), 4], [2, ("image", (1, 4, 4)), 1]])
+  tight = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch)))
+  padded = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch, pad_patches_to=200)))
+  real = batch["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(tight)[real], np.asarray(padded)[real], atol=1e-5)
+
+
+def test_kv_cache_prefill_and_steps_match_full_forward(model):
+  cfg = model.config
+  steps = 4
+  batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2, ("image", (1, 4, 4)), 1]],
+                     seed=7)
+  rng = np.random.default_rng(0)
+  new = rng.integers(0, 400, (2, steps))
+  full_batch = dict(batch, input_ids=np.concatenate([batch["input_ids"], new], 1),
+                    attention_mask=np.concatenate([batch["attention_mask"], np.ones_like(new)], 1))
+  full_inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **full_batch))
+  full = np.asarray(model(full_inputs))
+  length = batch["input_ids"].shape[1]
+
+  prompt = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
+  cache = KVCache.create(cfg, batch=2, max_len=length + steps)
+  logits, cache = model(prompt, cache=cache)
+  np.testing.assert_allclose(np.asarray(logits[:, -1]), full[:, length - 1], atol=1e-5)
+  step = nnx.jit(lambda m, t, p, c: m.decode_step(t, p, c))
+  for k in range(steps):
+    pos = full_inputs.positions[0, :, length + k]
+    logits, cache = step(model, jnp.asarray(new[:, k]), pos, cache)
+    np.testing.assert_allclose(np.asarray(logits), full[:, length + k], atol=1e-5)
+
+
+def test_sharded_load_and_forward_on_8_devices(model, hf_dir):
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  sharded = hf.load_pretrained(hf_dir, mesh=mesh)
+  kernel = sharded.text.layers[0].mlp.gate.kernel[...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert len(kernel.addressable_shards) == 8
+  cfg = model.config
+  batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [6]], seed=1)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
+  with axis_rules(mesh):
+    got = nnx.jit(lambda m, x: m(x))(sharded, inputs)
+  real = batch["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(model(inputs))[real], atol=1e-5)
+
+
+def test_bf16_and_remat(hf_dir, model):
+  cfg = model.config
+  batch = make_batch(cfg, [[3, ("image", (1, 8, 8)), 4]], seed=2)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
+  ref = np.asarray(model(inputs))
+  bf16 = hf.load_pretrained(hf_dir, dtype="bfloat16")
+  assert bf16.text.embed_tokens[...].dtype == jnp.bfloat16
+  out = np.asarray(bf16(inputs))
+  assert out.dtype == np.float32 and np.abs(out - ref).max() < 0.1
+
+  def grad_of(m):
+    loss = lambda m: jnp.mean(m(inputs) ** 2)
+    return nnx.grad(loss)(m)
+  remat = hf.load_pretrained(hf_dir, remat="full")
+  g0, g1 = grad_of(model), grad_of(remat)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+# ---- bad input: every problem is named, nothing is silently broadcast ----
+
+def _video_batch(cfg):
+  return make_batch(cfg, [[2, ("video", (2, 4, 4), 1.0), 2]])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b.update(pixel_values_videos=b["pixel_values_videos"][:-4]), "describes 32 patch rows but 28"),
+    (lambda b: b.update(video_grid_thw=np.array([[2, 4, 8]])), "describes 64 patch rows"),
+    (lambda b: b.update(pixel_values_videos=b["pixel_values_videos"][:, :100]), "pixel rows must be"),
+])
+def test_inconsistent_vision_inputs(model, mutate, message):
+  batch = _video_batch(model.config)
+  mutate(batch)
+  with pytest.raises(ValueError, match=message):
+    from_hf_inputs(model.config, **batch)
+
+
+def test_token_feature_count_mismatch(model):
+  cfg = model.config
+  batch = _video_batch(cfg)
+  ids = batch["input_ids"].copy()
+  ids[0, ids[0] == cfg.vision_end_token_id] = cfg.video_token_id  # one video token too many
+  with pytest.raises(ValueError, match="more video placeholder tokens in input_ids than the video grids cover"):
+    from_hf_inputs(cfg, **dict(batch, input_ids=ids))
+  ids[0, -1] = cfg.text.vocab_size  # out of the vocabulary
+  with pytest.raises(ValueError, match="outside"):
+    from_hf_inputs(cfg, **dict(batch, input_ids=ids))
+  ids = batch["input_ids"]
+  with pytest.raises(ValueError, match="more video placeholder tokens"):
+    from_hf_inputs(cfg, **dict(batch, input_ids=np.concatenate([ids, ids], 1),
+                               attention_mask=np.ones((1, 2 * ids.shape[1]), np.int64)))
+  with pytest.raises(ValueError, match="placeholders for only 0"):
+    from_hf_inputs(cfg, **dict(batch, input_ids=np.full_like(ids, 7)))
+  with pytest.raises(ValueError, match="odd|multiples of 2"):
+    from_hf_inputs(cfg, **dict(batch, video_grid_thw=np.array([[2, 4, 3]]),
+                               pixel_values_videos=batch["pixel_values_videos"][:24]))
+  with pytest.raises(ValueError, match="bucket size 16"):
+    from_hf_inputs(cfg, **batch, pad_patches_to=16)
+
+
+def test_bad_configs_are_named():
+  cfg = tiny_config()
+  with pytest.raises(ConfigError, match="mrope_section"):
+    cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "mrope_section": (2, 2, 2)})).validate()
+  with pytest.raises(ConfigError, match="out_hidden_size"):
+    cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "out_hidden_size": 48})).validate()
+  with pytest.raises(ConfigError, match="fullatt_block_indexes"):
+    cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "fullatt_block_indexes": (5,)})).validate()
+
+
+def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):
+  from safetensors.numpy import load_file, save_file
+  import shutil
+  tensors = load_file(f"{hf_dir}/model.safetensors")
+
+  def folder(name, mutate):
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copy(f"{hf_dir}/config.json", d / "config.json")
+    t = dict(tensors)
+    mutate(t)
+    save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return str(d)
+
+  missing = folder("missing", lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+  with pytest.raises(hf.CheckpointError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+    hf.load_pretrained(missing)
+  extra = folder("extra", lambda t: t.update({"visual.blocks.9.norm1.weight": np.ones(32, np.float32)}))
+  with pytest.raises(hf.CheckpointError, match="unexpected tensor visual.blocks.9.norm1.weight"):
+    hf.load_pretrained(extra)
+  shaped = folder("shape", lambda t: t.update({"model.norm.weight": np.ones(65, np.float32)}))
+  with pytest.raises(hf.CheckpointError, match=r"model.norm.weight: shape \(65,\)"):
+    hf.load_pretrained(shaped)
