@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch pinned to the CPU build that pip finds locally; a bare `torch` pulls a multi-GB CUDA build.
-    "test": ["pytest==9.2.0", "torch==2.13.0"],
+    "test": ["pytest==9.2.0", "torch==2.13.0", "pillow>=10"],  # pillow: HF reference image processor
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
 }

@@ -35,7 +35,7 @@ def test_one_compilation_per_bucket(model):
   cfg = model.config
   for seed, grid in enumerate([(2, 8, 8), (4, 6, 4), (2, 4, 12), (6, 2, 2)]):
     batch = make_batch(cfg, [[3, ("video", grid, 0.5 + seed), 4], [5]], seed=seed, pad_to=48)
-    inputs = from_hf_inputs(cfg, **batch, pad_patches_to=256)
+    inputs = from_hf_inputs(cfg, **batch, pad_patches_to=384, frame_block=64)
     logits = fwd(state, jax.tree.map(jnp.asarray, inputs))
     assert np.isfinite(np.asarray(logits)).all()
   assert fwd._cache_size() == 1
@@ -45,7 +45,7 @@ def test_padding_patches_does_not_change_logits(model):
   cfg = model.config
   batch = make_batch(cfg, [[3, ("video", (2, 6, 4), 1.0), 4], [2, ("image", (1, 4, 4)), 1]])
   tight = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch)))
-  padded = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch, pad_patches_to=200)))
+  padded = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch, pad_patches_to=256, frame_block=64)))
   real = batch["attention_mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(tight)[real], np.asarray(padded)[real], atol=1e-5)
 
@@ -183,3 +183,23 @@ def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):
   shaped = folder("shape", lambda t: t.update({"model.norm.weight": np.ones(65, np.float32)}))
   with pytest.raises(hf.CheckpointError, match=r"model.norm.weight: shape \(65,\)"):
     hf.load_pretrained(shaped)
+
+
+@pytest.mark.parametrize("block", [4, 16, 64])
+def test_block_attention_equals_dense_masked_attention(block):
+  from rewatch_jax.models.layers import attention, block_attention
+  rng = np.random.default_rng(block)
+  nb = 6
+  # each block: one segment of random length, then padding (-1), as the host lays windows out
+  lengths = rng.integers(1, block + 1, (2, nb))
+  seg = np.full((2, nb, block), -1)
+  for i, j in np.ndindex(2, nb):
+    seg[i, j, :lengths[i, j]] = j
+  seg = seg.reshape(2, nb * block)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, nb * block, 4, 8)), jnp.float32) for _ in range(3))
+  dense = attention(q, k, v, jnp.asarray(seg[:, :, None] == seg[:, None, :]))
+  local = block_attention(q, k, v, jnp.asarray(seg), block)
+  real = seg >= 0  # padding rows only ever see padding; their output is unused
+  np.testing.assert_allclose(np.asarray(local)[real], np.asarray(dense)[real], atol=1e-6)
+  with pytest.raises(ValueError, match="multiple of the attention block"):
+    block_attention(q[:, 1:], k[:, 1:], v[:, 1:], jnp.asarray(seg[:, 1:]), block)

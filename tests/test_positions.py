@@ -25,14 +25,21 @@ def test_vision_layout_matches_hf(window_size):
     win, cu_win = vision_utils.get_vision_window_index(g, 2, window_size, 14)
     cu_full = vision_utils.get_vision_cu_seqlens(g)
     pos = vision_utils.get_vision_position_ids(g, 2).numpy()
-    units = lay["patch_order"].reshape(-1, 4)[:, 0] // 4
-    np.testing.assert_array_equal(units, win.numpy())
-    np.testing.assert_array_equal(lay["rotary_ids"], pos[lay["patch_order"]])
-    # segment boundaries == HF cu_seqlens (window order for windows; frames are contiguous anyway)
+    real = lay["patch_order"] >= 0
+    order = lay["patch_order"][real]
+    np.testing.assert_array_equal(order.reshape(-1, 4)[:, 0] // 4, win.numpy())
+    np.testing.assert_array_equal(lay["rotary_ids"][real], pos[order])
     for seg, cu in ((lay["window_segment"], cu_win), (lay["frame_segment"], cu_full)):
+      seg = seg[real]  # without padding, segment boundaries are HF's cu_seqlens
       bounds = np.concatenate([[0], np.nonzero(np.diff(seg))[0] + 1, [len(seg)]])
       np.testing.assert_array_equal(bounds, cu.numpy())
-    np.testing.assert_array_equal(lay["token_slot"], np.argsort(win.numpy()))
+    # padding sits only at window/frame ends: every window block and frame block holds one segment
+    wb, fb = cfg.window_merged**2 * 4, lay["frame_block"]
+    for seg, block in ((lay["window_segment"], wb), (lay["frame_segment"], fb)):
+      for chunk in seg.reshape(-1, block):
+        assert len(set(chunk[chunk >= 0])) <= 1
+    merged_real = real.reshape(-1, 4)[:, 0]
+    np.testing.assert_array_equal(np.nonzero(merged_real)[0][np.argsort(win.numpy())], lay["token_slot"])
 
 
 def _hf_rope_index(model, batch):

@@ -123,6 +123,21 @@ class ModelConfig:
       raise ConfigError("Invalid Qwen2.5-VL config: " + "; ".join(problems))
     return self
 
+  # ---- plain dicts (checkpoints, ml_collections) ----
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any], **overrides) -> "ModelConfig":
+    d = dict(d)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
+    tuples = lambda sub: {k: tuple(x) if isinstance(x, list) else x for k, x in sub.items()}
+    vision = VisionConfig(**tuples(d.pop("vision", {})))
+    text = TextConfig(**tuples(d.pop("text", {})))
+    return cls(vision=vision, text=text, **{**d, **overrides}).validate()
+
   # ---- Hugging Face config.json ----
   @classmethod
   def from_hf_dict(cls, d: dict[str, Any], **runtime) -> "ModelConfig":

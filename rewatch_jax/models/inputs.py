@@ -24,6 +24,8 @@ class ModelInputs:
   window_segment: np.ndarray  # (B, P) int32, -1 on padding
   frame_segment: np.ndarray  # (B, P) int32, -1 on padding
   vision_token_index: np.ndarray  # (B, L) int32: row of the merged vision output, -1 for text
+  # Static: patch slots per temporal patch (frame pair); the block size of full attention.
+  frame_block: int = struct.field(pytree_node=False, default=0)
 
   @property
   def num_patches(self) -> int:
@@ -58,9 +60,14 @@ def from_hf_inputs(
     video_grid_thw=None,
     second_per_grid_ts=None,
     pad_patches_to: int | None = None,
+    frame_block: int | None = None,
     **unused,
 ) -> ModelInputs:
-  """Host-side preparation of HF-processor-style inputs. Raises ValueError on inconsistent input."""
+  """Host-side preparation of HF-processor-style inputs. Raises ValueError on inconsistent input.
+
+  A bucketed pipeline passes `pad_patches_to` and `frame_block` (patch slots per temporal patch of
+  its largest frame, see positions.frame_slots) so every batch of a bucket compiles once.
+  """
   unused.pop("mm_token_type_ids", None)  # derived from input_ids here
   if unused:
     raise TypeError(f"unexpected inputs: {sorted(unused)}")
@@ -125,13 +132,19 @@ def from_hf_inputs(
                        f"placeholders for only {used}")
 
   positions, _ = P.mrope_positions(ids, mask, items, cfg)
-  layouts = [P.vision_layout(np.array([g for _, g, _ in it]).reshape(-1, 3), v) for it in items]
+  grids = [np.array([g for _, g, _ in it], np.int64).reshape(-1, 3) for it in items]
+  need = max((P.frame_slots(h, w, v) for g in grids for _, h, w in g), default=0)
+  if frame_block is None:
+    frame_block = max(need, v.window_merged**2 * v.merge_unit)
+  elif frame_block < need:
+    raise ValueError(f"an item needs {need} patch slots per frame, more than frame_block={frame_block}")
+  layouts = [P.vision_layout(g, v, frame_block) for g in grids]
   num = max((len(lay["patch_order"]) for lay in layouts), default=0)
   if pad_patches_to is not None:
     if num > pad_patches_to:
-      raise ValueError(f"an example has {num} patches, more than the bucket size {pad_patches_to}")
-    if pad_patches_to % v.merge_unit:
-      raise ValueError(f"pad_patches_to must be a multiple of {v.merge_unit}")
+      raise ValueError(f"an example needs {num} patch slots, more than the bucket size {pad_patches_to}")
+    if pad_patches_to % frame_block:
+      raise ValueError(f"pad_patches_to={pad_patches_to} must be a multiple of frame_block={frame_block}")
     num = pad_patches_to
   bsz = ids.shape[0]
   pixels = np.zeros((bsz, num, v.patch_dim), np.float32)
@@ -140,13 +153,15 @@ def from_hf_inputs(
   fseg = np.full((bsz, num), -1, np.int32)
   token_index = np.full(ids.shape, -1, np.int32)
   for b, lay in enumerate(layouts):
-    n = len(lay["patch_order"])
+    order = lay["patch_order"]
+    n = len(order)
     if n:
-      pixels[b, :n] = np.concatenate(item_rows[b])[lay["patch_order"]]
+      packed = np.concatenate(item_rows[b])
+      pixels[b, :n][order >= 0] = packed[order[order >= 0]]
     rot[b, :n], wseg[b, :n], fseg[b, :n] = lay["rotary_ids"], lay["window_segment"], lay["frame_segment"]
     vis = np.nonzero(mask[b].astype(bool) & np.isin(ids[b], list(kind_of)))[0]
     token_index[b, vis] = lay["token_slot"]
   return ModelInputs(
       input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32), positions=positions,
       pixel_values=pixels, vision_rotary_ids=rot, window_segment=wseg, frame_segment=fseg,
-      vision_token_index=token_index)
+      vision_token_index=token_index, frame_block=frame_block)

@@ -79,9 +79,26 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return out.reshape(b, t, h, d)
 
 
-def remat(fn, policy: str):
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array,
+                    block: int) -> jax.Array:
+  """Block-diagonal bidirectional attention: rows attend within their block of `block` (static)
+  rows, to keys of the same segment id. The host lays windows and frames out so that each block
+  holds exactly one window (or one frame pair) plus padding, which makes this exact.
+
+  q, k, v: (B, P, H, D) with P a multiple of `block`; segment: (B, P). Cost O(P * block).
+  """
+  b, p, h, d = q.shape
+  if p % block:
+    raise ValueError(f"{p} patch slots are not a multiple of the attention block {block}")
+  blocks = lambda x: x.reshape(b * (p // block), block, *x.shape[2:])
+  seg = blocks(segment)
+  out = attention(blocks(q), blocks(k), blocks(v), seg[:, :, None] == seg[:, None, :])
+  return out.reshape(b, p, h, d)
+
+
+def remat(fn, policy: str, static_argnums: tuple[int, ...] = ()):
   """Rematerialise a block call: 'none', 'full' (recompute all) or 'dots' (keep matmul outputs)."""
   if policy == "none":
     return fn
   saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if policy == "dots" else None
-  return nnx.remat(fn, policy=saveable)
+  return nnx.remat(fn, policy=saveable, static_argnums=static_argnums)

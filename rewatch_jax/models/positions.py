@@ -8,7 +8,8 @@ Conventions (all per visual item with grid (t, h, w) in patches):
   blocks (block-major). We keep that order for the *input* rows and then permute merge units
   into window order here, exactly like `get_vision_window_index`. The model never permutes.
 * Attention segments: window blocks attend within a window, full blocks within one temporal
-  patch (one frame pair), as in HF (`cu_seqlens` per t).
+  patch (one frame pair), as in HF (`cu_seqlens` per t). Windows and frames are padded to fixed
+  slot counts so both are exact block-diagonal attention (see `vision_layout`).
 """
 
 from __future__ import annotations
@@ -27,49 +28,77 @@ def vision_rotary_ids(t: int, h: int, w: int, merge: int) -> np.ndarray:
   return np.tile(np.stack([hh, ww], -1), (t, 1)).astype(np.int32)
 
 
-def window_order(t: int, h: int, w: int, cfg: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
-  """Merge-unit permutation into window order, and the window id of each permuted unit."""
+def window_order(t: int, h: int, w: int, cfg: VisionConfig) -> np.ndarray:
+  """(t, windows per frame, window_merged^2) merge-unit ids in window order, -1 where a border
+  window is padded (the same windows as HF's `get_vision_window_index`, kept at full size)."""
   m, ws = cfg.spatial_merge_size, cfg.window_merged
   gh, gw = h // m, w // m
-  index = np.arange(t * gh * gw).reshape(t, gh, gw)
   nh, nw = -(-gh // ws), -(-gw // ws)
   padded = np.full((t, nh * ws, nw * ws), -1, dtype=np.int64)
-  padded[:, :gh, :gw] = index
-  padded = padded.reshape(t, nh, ws, nw, ws).transpose(0, 1, 3, 2, 4).reshape(t * nh * nw, ws * ws)
-  window_id = np.broadcast_to(np.arange(padded.shape[0])[:, None], padded.shape)
-  keep = padded >= 0
-  return padded[keep], window_id[keep]
+  padded[:, :gh, :gw] = np.arange(t * gh * gw).reshape(t, gh, gw)
+  return padded.reshape(t, nh, ws, nw, ws).transpose(0, 1, 3, 2, 4).reshape(t, nh * nw, ws * ws)
 
 
-def vision_layout(grids: np.ndarray, cfg: VisionConfig) -> dict[str, np.ndarray]:
-  """Layout of the packed patch rows of several items (one example) in window order.
+def frame_slots(h: int, w: int, cfg: VisionConfig) -> int:
+  """Patch slots one temporal patch of an (h, w)-patch item takes: whole windows, padded."""
+  m, ws = cfg.spatial_merge_size, cfg.window_merged
+  return -(-(h // m) // ws) * -(-(w // m) // ws) * ws * ws * cfg.merge_unit
 
-  Returns
-    patch_order: (P,) index into the HF-ordered packed rows, giving the window-ordered rows.
-    rotary_ids: (P, 2) patch (row, col) for the 2D vision rotary, window order.
-    window_segment, frame_segment: (P,) attention segment ids (>= 0), window order.
-    token_slot: (P // merge_unit,) for each merged token in HF (natural) order, its row in the
-      window-ordered merged output.
+
+def vision_layout(grids: np.ndarray, cfg: VisionConfig, frame_block: int | None = None) -> dict[str, np.ndarray]:
+  """Slot layout of the patch rows of several items (one example), in window order.
+
+  Every window is padded to `window_merged^2` merge units and every temporal patch (frame pair) of
+  every item to `frame_block` patch slots, so window attention and full attention are both exact
+  block-diagonal attention over fixed-size blocks (no data-dependent shapes, no wasted keys).
+
+  Returns arrays over the S slots (S = frame_block * total temporal patches):
+    patch_order: index into the HF-ordered packed patch rows, -1 on padding slots.
+    rotary_ids: (S, 2) patch (row, col) for the 2D vision rotary (0 on padding).
+    window_segment, frame_segment: attention segment ids, -1 on padding.
+    token_slot: for each merged token in HF (natural) order, its row in the merged output.
   """
   mu = cfg.merge_unit
-  orders, rot, win, frame, slots = [], [], [], [], []
+  grids = np.asarray(grids, dtype=np.int64).reshape(-1, 3)
+  need = max((frame_slots(h, w, cfg) for _, h, w in grids), default=0)
+  frame_block = need if frame_block is None else frame_block
+  if frame_block < need or frame_block % (cfg.window_merged**2 * mu):
+    raise ValueError(f"frame_block={frame_block} must be a multiple of {cfg.window_merged**2 * mu}"
+                     f" and at least {need} (the largest frame's padded windows)")
+  block_units = frame_block // mu
+  units, wins, frames, rot = [], [], [], []
   unit_offset = win_offset = frame_offset = 0
-  for t, h, w in np.asarray(grids, dtype=np.int64).reshape(-1, 3):
-    units, wid = window_order(t, h, w, cfg)
-    rows = (units[:, None] * mu + np.arange(mu)).reshape(-1)
-    orders.append(rows + unit_offset * mu)
-    rot.append(vision_rotary_ids(t, h, w, cfg.spatial_merge_size)[rows])
-    win.append(np.repeat(wid, mu) + win_offset)
-    frame.append(rows // (h * w) + frame_offset)
-    slots.append(np.argsort(units, kind="stable") + unit_offset)
-    n_units = t * h * w // mu
-    unit_offset += n_units
-    win_offset += int(wid.max()) + 1
+  for t, h, w in grids:
+    order = window_order(t, h, w, cfg)
+    n_win = order.shape[1]
+    slot_units = np.full((t, block_units), -1, np.int64)
+    slot_units[:, :order[0].size] = order.reshape(t, -1)
+    slot_wins = np.full((t, block_units), -1, np.int64)
+    slot_wins[:, :order[0].size] = np.repeat(np.arange(t * n_win).reshape(t, n_win), order.shape[2], 1)
+    valid = slot_units >= 0
+    units.append(np.where(valid, slot_units + unit_offset, -1))
+    wins.append(np.where(valid, slot_wins + win_offset, -1))
+    frames.append(np.where(valid, np.arange(t)[:, None] + frame_offset, -1))
+    ids = vision_rotary_ids(t, h, w, cfg.spatial_merge_size).reshape(-1, mu, 2)
+    rot.append(np.where(valid[..., None, None], ids[np.maximum(slot_units, 0)], 0))
+    unit_offset += t * (h // cfg.spatial_merge_size) * (w // cfg.spatial_merge_size)
+    win_offset += t * n_win
     frame_offset += t
-  cat = lambda xs, d: np.concatenate(xs).astype(np.int32) if xs else np.zeros(d, np.int32)
-  return dict(patch_order=cat(orders, (0,)), rotary_ids=cat(rot, (0, 2)),
-              window_segment=cat(win, (0,)), frame_segment=cat(frame, (0,)),
-              token_slot=cat(slots, (0,)))
+  if not units:
+    empty = np.zeros((0,), np.int32)
+    return dict(patch_order=empty, rotary_ids=np.zeros((0, 2), np.int32), window_segment=empty,
+                frame_segment=empty, token_slot=empty, frame_block=frame_block)
+  units = np.concatenate([u.reshape(-1) for u in units])
+  expand = lambda x: np.repeat(x, mu)
+  rows = np.where(expand(units) >= 0, expand(units) * mu + np.tile(np.arange(mu), len(units)), -1)
+  token_slot = np.empty(unit_offset, np.int64)
+  token_slot[units[units >= 0]] = np.nonzero(units >= 0)[0]
+  return dict(
+      patch_order=rows.astype(np.int32),
+      rotary_ids=np.concatenate([r.reshape(-1, 2) for r in rot]).astype(np.int32),
+      window_segment=expand(np.concatenate([x.reshape(-1) for x in wins])).astype(np.int32),
+      frame_segment=expand(np.concatenate([x.reshape(-1) for x in frames])).astype(np.int32),
+      token_slot=token_slot.astype(np.int32), frame_block=frame_block)
 
 
 def mrope_positions(

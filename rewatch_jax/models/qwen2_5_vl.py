@@ -26,7 +26,8 @@ class Qwen25VL(nnx.Module):
     if inputs.pixel_values.shape[1] == 0:
       return x
     vision = self.visual(inputs.pixel_values, inputs.vision_rotary_ids,
-                         inputs.window_segment, inputs.frame_segment).astype(x.dtype)
+                         inputs.window_segment, inputs.frame_segment,
+                         inputs.frame_block).astype(x.dtype)
     index = inputs.vision_token_index
     gathered = jnp.take_along_axis(vision, jnp.maximum(index, 0)[..., None], axis=1)
     return jnp.where((index >= 0)[..., None], gathered, x)

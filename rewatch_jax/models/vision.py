@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewatch_jax.models.configs import ModelConfig
-from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, attention, remat, rotate
+from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, remat, rotate, block_attention
 from rewatch_jax.models.sharding import constrain
 
 
@@ -34,13 +34,12 @@ class VisionAttention(nnx.Module):
     self.proj = Linear(v.hidden_size, v.hidden_size, ("heads", "embed"), **kw)
     self.num_heads = v.num_heads
 
-  def __call__(self, x, cos, sin, segment):
+  def __call__(self, x, cos, sin, segment, block):
     b, p, _ = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, p, 3, self.num_heads, -1), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-    mask = segment[:, :, None] == segment[:, None, :]
-    return self.proj(attention(q, k, v, mask).reshape(b, p, -1))
+    return self.proj(block_attention(q, k, v, segment, block).reshape(b, p, -1))
 
 
 class VisionBlock(nnx.Module):
@@ -52,8 +51,8 @@ class VisionBlock(nnx.Module):
     self.mlp = SwiGLU(v.hidden_size, v.intermediate_size, bias=True, dtype=cfg.dtype,
                       param_dtype=cfg.param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, segment):
-    x = x + self.attn(self.norm1(x), cos, sin, segment)
+  def __call__(self, x, cos, sin, segment, block):
+    x = x + self.attn(self.norm1(x), cos, sin, segment, block)
     x = x + self.mlp(self.norm2(x))
     return constrain(x, ("batch", "patch", "embed"))
 
@@ -85,13 +84,19 @@ class VisionTransformer(nnx.Module):
     self.merger = PatchMerger(cfg, rngs)
     self.full_blocks = frozenset(v.fullatt_block_indexes)
     self.head_dim, self.theta, self.remat = v.head_dim, v.rope_theta, cfg.remat
+    self.window_block = v.window_merged**2 * v.merge_unit
 
-  def __call__(self, pixel_values, rotary_ids, window_segment, frame_segment):
-    """(B, P, patch_dim) window-ordered patches -> (B, P / merge_unit, text hidden) tokens."""
+  def __call__(self, pixel_values, rotary_ids, window_segment, frame_segment, frame_block):
+    """(B, P, patch_dim) window-ordered patches -> (B, P / merge_unit, text hidden) tokens.
+
+    `frame_block` (static) is the slot count of one temporal patch (ModelInputs.frame_block);
+    full-attention blocks attend within it, window blocks within `window_block` slots."""
     x = self.patch_embed(pixel_values)
     cos, sin = vision_rotary(rotary_ids, self.head_dim, self.theta)
-    block_call = remat(lambda blk, *a: blk(*a), self.remat)
+    block_call = remat(lambda blk, *a: blk(*a), self.remat, static_argnums=(5,))
     for i, blk in enumerate(self.blocks):
-      segment = frame_segment if i in self.full_blocks else window_segment
-      x = block_call(blk, x, cos, sin, segment)
+      if i in self.full_blocks:
+        x = block_call(blk, x, cos, sin, frame_segment, frame_block)
+      else:
+        x = block_call(blk, x, cos, sin, window_segment, self.window_block)
     return self.merger(x)

@@ -1,0 +1,160 @@
+r"""Forward+backward throughput: our jitted Qwen2.5-VL against Hugging Face's torch model.
+
+  python benchmarks/model_forward.py [--steps 3] [--frames 16] [--size 224]
+
+Both run the same weights (ours exported with rewatch_jax.hf.save_pretrained and loaded by
+transformers) on the same inputs: a batch of 2, each a 16-frame video plus text, next-token loss,
+full backward. Each implementation runs in its own subprocess so peak memory is its own.
+Prints a table with tokens/s, step time, compile/first-step time, peak RSS and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def bench_config():
+  from rewatch_jax.models import ModelConfig, TextConfig, VisionConfig
+  return ModelConfig(
+      text=TextConfig(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                      num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12)),
+      vision=VisionConfig(depth=8, hidden_size=384, intermediate_size=1024, num_heads=6,
+                          out_hidden_size=512, fullatt_block_indexes=(3, 7)),
+      image_token_id=31000, video_token_id=31001, vision_start_token_id=31002,
+      vision_end_token_id=31003, bos_token_id=31004, eos_token_id=31005).validate()
+
+
+def make_inputs(cfg, frames: int, size: int, batch: int = 2, text: int = 128):
+  import numpy as np
+  from rewatch_jax.data.processor import frames_to_patches
+  rng = np.random.default_rng(0)
+  ids, rows, grids = [], [], []
+  for _ in range(batch):
+    video = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    patches, grid = frames_to_patches(video, cfg.vision)
+    n = int(np.prod(grid)) // cfg.vision.merge_unit
+    words = rng.integers(0, 30000, text)
+    ids.append(np.concatenate([words[:16], [cfg.vision_start_token_id], [cfg.video_token_id] * n,
+                               [cfg.vision_end_token_id], words[16:]]))
+    rows.append(patches)
+    grids.append(grid)
+  return dict(input_ids=np.stack(ids), attention_mask=np.ones((batch, len(ids[0])), np.int64),
+              pixel_values_videos=np.concatenate(rows), video_grid_thw=np.array(grids),
+              second_per_grid_ts=np.ones(batch, np.float32))
+
+
+def run_jax(hf_dir, args):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  from rewatch_jax import hf
+  from rewatch_jax.models import from_hf_inputs
+  model = hf.load_pretrained(hf_dir)
+  batch = make_inputs(model.config, args.frames, args.size)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(model.config, **batch))
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def grad_step(params, inputs):
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(inputs)[:, :-1]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, inputs.input_ids[:, 1:]).mean()
+    return jax.value_and_grad(loss)(params)
+
+  t0 = time.perf_counter()
+  jax.block_until_ready(grad_step(params, inputs))
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(grad_step(params, inputs))
+    times.append(time.perf_counter() - t0)
+  return first, times, int(batch["input_ids"].size)
+
+
+def run_torch(hf_dir, args):
+  import torch
+  import transformers
+  torch.set_num_threads(os.cpu_count())
+  model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32)
+  model.train()
+  cfg = bench_config()
+  batch = {k: torch.from_numpy(v) for k, v in make_inputs(cfg, args.frames, args.size).items()}
+  types = torch.zeros_like(batch["input_ids"])
+  types[batch["input_ids"] == cfg.video_token_id] = 2
+  batch["mm_token_type_ids"] = types
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+
+  t0 = time.perf_counter()
+  step()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return first, times, int(batch["input_ids"].numel())
+
+
+def child(args):
+  first, times, tokens = (run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args)
+  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps(dict(first=first, times=times, tokens=tokens, peak_mb=peak_mb)))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--frames", type=int, default=16)
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--impl", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--hf_dir", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.impl:
+    return child(args)
+
+  import jax
+  from flax import nnx
+  from rewatch_jax import hf
+  from rewatch_jax.models import Qwen25VL
+  cfg = bench_config()
+  model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  with tempfile.TemporaryDirectory() as tmp:
+    hf.save_pretrained(model, tmp)
+    rows = {}
+    for impl in ("jax", "torch"):
+      cmd = [sys.executable, __file__, "--impl", impl, "--hf_dir", tmp, "--steps", str(args.steps),
+             "--frames", str(args.frames), "--size", str(args.size)]
+      env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+      out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+      if out.returncode:
+        sys.exit(f"{impl} run failed:\n{out.stderr[-4000:]}")
+      rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+  print(f"model: {n_params / 1e6:.1f}M params; batch 2 x ({args.frames} frames at {args.size}px + 128 text)"
+        f" = {rows['jax']['tokens']} tokens; forward+backward, fp32, CPU ({os.cpu_count()} cores)")
+  print(f"{'impl':<22}{'tokens/s':>10}{'step s':>9}{'first step s':>14}{'peak RSS MB':>13}")
+  for impl, name in (("jax", "rewatch-jax (XLA)"), ("torch", "HF transformers")):
+    r = rows[impl]
+    step = sorted(r["times"])[len(r["times"]) // 2]
+    r["tps"] = r["tokens"] / step
+    print(f"{name:<22}{r['tps']:>10.0f}{step:>9.2f}{r['first']:>14.2f}{r['peak_mb']:>13.0f}")
+  print(f"speed-up (tokens/s ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

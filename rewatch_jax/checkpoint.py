@@ -1,0 +1,73 @@
+"""Orbax checkpoints of the model: one layout for conversion, training and serving.
+
+    <dir>/model_config.json        the ModelConfig (architecture + dtypes)
+    <dir>/<step>/params/...        nnx.Param state (Orbax, sharded arrays, any device count)
+    <dir>/<step>/<other items>     the trainer adds optimizer state, RNG and data-iterator state
+
+`launch/convert.py` writes step 0 with only `params`; the SFT/GRPO trainers write further steps
+into the same kind of directory, so every tool reads any of them with `load_model`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from rewatch_jax.models import ModelConfig, Qwen25VL
+from rewatch_jax.models.sharding import DEFAULT_RULES, Rules, param_shardings
+
+CONFIG_FILE = "model_config.json"
+
+
+def write_model_config(directory: str, cfg: ModelConfig) -> None:
+  path = epath.Path(directory)
+  path.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def read_model_config(directory: str, **overrides) -> ModelConfig:
+  path = epath.Path(directory) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{directory} is not a rewatch-jax checkpoint directory (no {CONFIG_FILE})")
+  return ModelConfig.from_dict(json.loads(path.read_text()), **overrides)
+
+
+def save_model(model: Qwen25VL, directory: str, step: int = 0) -> None:
+  """Save only the parameters as `step` (blocking)."""
+  write_model_config(directory, model.config)
+  with ocp.CheckpointManager(epath.Path(directory).absolute()) as manager:
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param)))))
+    manager.wait_until_finished()
+
+
+def load_model(directory: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
+               rules: Rules = DEFAULT_RULES, **config_overrides) -> Qwen25VL:
+  """Restore the parameters of `step` (default: latest) into a model, sharded on `mesh` if given.
+  `config_overrides` may change runtime options (dtype, param_dtype, remat), not the architecture."""
+  cfg = read_model_config(directory, **config_overrides)
+  abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  if mesh is not None:
+    shardings = param_shardings(params, mesh, rules)
+  else:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, params, is_leaf=_is_var)
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        params, shardings, is_leaf=_is_var)
+  with ocp.CheckpointManager(epath.Path(directory).absolute()) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint steps in {directory}")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(nnx.to_pure_dict(target))))
+  nnx.replace_by_pure_dict(params, restored["params"])
+  return nnx.merge(graphdef, params, rest)
+
+
+def _is_var(x) -> bool:
+  return isinstance(x, nnx.Variable)

@@ -1,0 +1,65 @@
+"""Model configs: published sizes against their config.json, ml_collections round trips, errors."""
+
+import json
+
+import pytest
+
+from configs import demo, models
+from rewatch_jax.models import PRESETS, ConfigError, ModelConfig
+
+# config.json of Qwen/Qwen2.5-VL-7B-Instruct as published (transformers 4 flat layout).
+QWEN25_VL_7B = json.loads("""{
+  "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0,
+  "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
+  "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
+  "video_token_id": 151656, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+  "intermediate_size": 18944, "max_position_embeddings": 128000, "max_window_layers": 28,
+  "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
+  "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "sliding_window": 32768, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.41.2", "use_cache": true, "use_sliding_window": false,
+  "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280,
+    "intermediate_size": 3420, "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584,
+    "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
+  "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064
+}""")
+
+
+def test_7b_preset_matches_published_config():
+  assert ModelConfig.from_hf_dict(QWEN25_VL_7B) == PRESETS["7b"]
+
+
+def test_transformers_reads_our_config_like_we_do():
+  transformers = pytest.importorskip("transformers")
+  for name, cfg in PRESETS.items():
+    theirs = transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict())
+    t, v = theirs.text_config, theirs.vision_config
+    assert (t.hidden_size, t.num_hidden_layers, t.num_key_value_heads, t.vocab_size) == (
+        cfg.text.hidden_size, cfg.text.num_hidden_layers, cfg.text.num_key_value_heads, cfg.text.vocab_size), name
+    assert list(t.rope_parameters["mrope_section"]) == list(cfg.text.mrope_section)
+    assert t.rope_parameters["rope_theta"] == cfg.text.rope_theta
+    assert (v.depth, v.out_hidden_size, list(v.fullatt_block_indexes)) == (
+        cfg.vision.depth, cfg.vision.out_hidden_size, list(cfg.vision.fullatt_block_indexes))
+    assert theirs.tie_word_embeddings == cfg.text.tie_word_embeddings
+    assert ModelConfig.from_hf_dict(theirs.to_dict()) == cfg  # and the transformers 5 layout back
+
+
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_ml_collections_round_trip(size):
+  assert ModelConfig.from_dict(models.get_config(size).to_dict()) == PRESETS[size]
+
+
+def test_unknown_fields_and_sizes_fail():
+  d = PRESETS["tiny"].to_dict()
+  d["remat_policy"] = "full"
+  with pytest.raises(ConfigError, match="remat_policy"):
+    ModelConfig.from_dict(d)
+  with pytest.raises(ValueError, match="unknown model size"):
+    models.get_config("8b")
+  with pytest.raises(ConfigError, match="model_type"):
+    ModelConfig.from_hf_dict(dict(QWEN25_VL_7B, model_type="qwen2_vl"))
+
+
+def test_demo_config_builds_a_valid_model_config():
+  ModelConfig.from_dict(demo.get_config().model.to_dict())

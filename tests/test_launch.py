@@ -1,0 +1,33 @@
+"""The README's main command, as a user runs it, and its config validation."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "launch/train.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, env=env, timeout=600)
+
+
+def test_demo_runs_and_writes_results(tmp_path):
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.demo.steps=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "demo_forward.json").read_text())
+  assert result["tokens_per_sec"] > 0 and abs(result["loss"] - result["uniform_loss"]) < 1.0
+  assert json.loads((tmp_path / "config.json").read_text())["demo"]["steps"] == 1
+
+
+def test_mistyped_override_fails_at_start():
+  out = _train("--config", "configs/demo.py", "--config.demo.batch_sise=4")
+  assert out.returncode != 0 and "batch_sise" in out.stderr
+
+
+def test_invalid_model_override_is_named():
+  out = _train("--config", "configs/demo.py", "--config.model.text.num_key_value_heads=3")
+  assert out.returncode != 0 and "num_key_value_heads" in out.stderr

@@ -1,0 +1,39 @@
+"""Our numpy processor against Hugging Face's (PIL) Qwen2-VL image processor, bit for bit."""
+
+import numpy as np
+import pytest
+
+from rewatch_jax.data.processor import frames_to_patches
+from rewatch_jax.models import get_preset, from_hf_inputs
+
+
+@pytest.mark.parametrize("h, w", [(56, 84), (112, 56), (28 * 6, 28 * 5)])
+def test_image_rows_match_hf(h, w):
+  pil = pytest.importorskip("PIL.Image")
+  proc_mod = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+  img = (np.random.default_rng(h * w).random((h, w, 3)) * 255).astype(np.uint8)
+  proc = proc_mod.Qwen2VLImageProcessorPil(min_pixels=h * w, max_pixels=h * w)
+  out = proc(images=[pil.fromarray(img)], return_tensors="np")
+  rows, grid = frames_to_patches(img[None], get_preset("tiny").vision)
+  assert list(out["image_grid_thw"][0]) == list(grid)
+  np.testing.assert_allclose(rows, out["pixel_values"], atol=1e-6)
+
+
+def test_video_rows_feed_the_model_layout():
+  cfg = get_preset("tiny")
+  frames = (np.random.default_rng(0).random((5, 56, 112, 3)) * 255).astype(np.uint8)
+  rows, grid = frames_to_patches(frames, cfg.vision)
+  assert grid == (3, 4, 8)  # 5 frames padded to 6 by repeating the last
+  np.testing.assert_array_equal(rows[-32:], frames_to_patches(frames[[4, 4]], cfg.vision)[0])
+  n = int(np.prod(grid)) // 4
+  ids = np.array([[cfg.vision_start_token_id] + [cfg.video_token_id] * n + [cfg.vision_end_token_id]])
+  inputs = from_hf_inputs(cfg, input_ids=ids, pixel_values_videos=rows, video_grid_thw=np.array([grid]))
+  assert inputs.pixel_values.shape == (1, len(rows), cfg.vision.patch_dim)
+
+
+def test_bad_frames():
+  cfg = get_preset("tiny").vision
+  with pytest.raises(ValueError, match="multiple of 28"):
+    frames_to_patches(np.zeros((2, 30, 56, 3), np.uint8), cfg)
+  with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+    frames_to_patches(np.zeros((56, 56, 3), np.uint8), cfg)
