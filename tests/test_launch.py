@@ -31,3 +31,12 @@ def test_mistyped_override_fails_at_start():
 def test_invalid_model_override_is_named():
   out = _train("--config", "configs/demo.py", "--config.model.text.num_key_value_heads=3")
   assert out.returncode != 0 and "num_key_value_heads" in out.stderr
+
+
+def test_prepare_toyworld(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "launch/prepare.py", "--toyworld", "3", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
+  assert (tmp_path / "test_qa.jsonl").stat().st_size > 0 and "train_cot" in out.stdout

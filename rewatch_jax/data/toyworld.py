@@ -1,0 +1,396 @@
+"""The toy world: procedural videos with an exact event log, and ReWatch-format data from it.
+
+Coloured shapes enter, move, change colour or size, pass behind each other and leave; numbers and
+words are shown for a while. Each video is 8-30 s of small frames, written as real H.264 mp4 by
+ffmpeg. Because the event log is exact, captions, QA and CoT traces are true by construction, and
+deliberately hallucinated CoT variants (false observations, right answer) test the O&R reward.
+Everything is deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+
+import numpy as np
+
+from rewatch_jax.data.records import (LETTERS, CaptionRecord, CoTRecord, Lineage, QARecord, Segment,
+                                      format_timestamp)
+from rewatch_jax.data.video import ffmpeg_exe
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
+           "yellow": (235, 210, 40), "purple": (150, 60, 200), "white": (240, 240, 240)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the frame height
+SIDES = ("left", "right", "top", "bottom")
+WORDS = ("GO", "STOP", "EXIT", "BOX", "KEY", "SKY", "MAP", "SUN")  # no colour or shape names
+BACKGROUND = (30, 30, 40)
+GENERATOR = "toyworld-v1"
+
+# 5x7 bitmap glyphs, one string of 7 rows of 5 bits per character.
+_GLYPHS = {
+    "0": "01110100011001110101110011000101110", "1": "00100011000010000100001000010001110",
+    "2": "01110100010000100010001000100011111", "3": "11110000010000101110000010000111110",
+    "4": "00010001100101010010111110001000010", "5": "11111100001111000001000011000101110",
+    "6": "00110010001000011110100011000101110", "7": "11111000010001000100010000100001000",
+    "8": "01110100011000101110100011000101110", "9": "01110100011000101111000010001001100",
+    "A": "01110100011000111111100011000110001", "B": "11110100011000111110100011000111110",
+    "D": "11110100011000110001100011000111110", "E": "11111100001000011110100001000011111",
+    "G": "01110100011000010111100011000101111", "I": "01110001000010000100001000010001110",
+    "K": "10001100101010011000101001001010001", "M": "10001110111010110101100011000110001",
+    "N": "10001100011100110101100111000110001", "O": "01110100011000110001100011000101110",
+    "P": "11110100011000111110100001000010000", "R": "11110100011000111110101001001010001",
+    "S": "01111100001000001110000010000111110", "T": "11111001000010000100001000010000100",
+    "U": "10001100011000110001100011000101110", "X": "10001100010101000100010101000110001",
+    "Y": "10001100010101000100001000010000100",
+}
+
+
+@dataclasses.dataclass
+class Shape:
+  name: str  # e.g. "the large red circle" is built from these fields
+  shape: str
+  colour: str
+  size: str
+  enter_t: float
+  leave_t: float
+  enter_side: str
+  leave_side: str
+  lane: float  # where across the frame it travels (0..1)
+  z: int
+  colour_change: tuple[float, str] | None = None
+  size_change: tuple[float, str] | None = None
+
+  def colour_at(self, t: float) -> str:
+    return self.colour_change[1] if self.colour_change and t >= self.colour_change[0] else self.colour
+
+  def size_at(self, t: float) -> str:
+    return self.size_change[1] if self.size_change and t >= self.size_change[0] else self.size
+
+  def position(self, t: float) -> tuple[float, float]:
+    """(x, y) in [-0.3, 1.3]^2 frame units: from off-screen on its entry side to its exit side."""
+    u = (t - self.enter_t) / max(1e-6, self.leave_t - self.enter_t)
+    def edge(side, lane):
+      return {"left": (-0.25, lane), "right": (1.25, lane), "top": (lane, -0.25), "bottom": (lane, 1.25)}[side]
+    (x0, y0), (x1, y1) = edge(self.enter_side, self.lane), edge(self.leave_side, 1 - self.lane)
+    return x0 + (x1 - x0) * u, y0 + (y1 - y0) * u
+
+  def label(self, t: float | None = None, with_size: bool = True) -> str:
+    colour = self.colour if t is None else self.colour_at(t)
+    size = (self.size if t is None else self.size_at(t)) + " " if with_size else ""
+    return f"{size}{colour} {self.shape}"
+
+
+@dataclasses.dataclass
+class Text:
+  word: str
+  start: float
+  end: float
+  corner: str  # "top" or "bottom" band of the frame
+
+
+@dataclasses.dataclass
+class World:
+  id: str
+  duration: float
+  fps: int
+  width: int
+  height: int
+  shapes: list[Shape]
+  texts: list[Text]
+
+  def events(self) -> list[tuple[float, str]]:
+    """Every moment something happens, with a true description (the event log)."""
+    ev = []
+    for s in self.shapes:
+      ev.append((s.enter_t, f"a {s.label(s.enter_t)} enters from the {s.enter_side}"))
+      if s.colour_change:
+        t, c = s.colour_change
+        ev.append((t, f"the {s.label(t - 1e-3)} turns {c}"))
+      if s.size_change:
+        t, z = s.size_change
+        ev.append((t, f"the {s.label(t - 1e-3)} becomes {z}"))
+      if s.leave_t < self.duration:
+        ev.append((s.leave_t, f"the {s.label(s.leave_t)} leaves on the {s.leave_side}"))
+    for x in self.texts:
+      ev.append((x.start, f"the {'number' if x.word.isdigit() else 'word'} {x.word} appears at the {x.corner}"))
+      ev.append((x.end, f"the {x.word} disappears"))
+    return sorted(ev)
+
+
+def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10) -> World:
+  rng = np.random.default_rng(seed)
+  duration = float(rng.integers(8, 31))
+  n = int(rng.integers(2, 6))
+  shapes, used = [], set()
+  for i in range(n):
+    while True:
+      shape, colour = SHAPES[rng.integers(3)], list(COLOURS)[rng.integers(len(COLOURS))]
+      if (shape, colour) not in used:
+        used.add((shape, colour))
+        break
+    enter = float(np.round(rng.uniform(0, duration * 0.6), 1))
+    travel = float(np.round(rng.uniform(3, max(3.5, duration * 0.7)), 1))
+    side = SIDES[rng.integers(4)]
+    leave_side = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[side]
+    s = Shape(name=f"s{i}", shape=shape, colour=colour, size=list(SIZES)[rng.integers(2)],
+              enter_t=enter, leave_t=min(enter + travel, duration + 5), enter_side=side,
+              leave_side=leave_side, lane=float(rng.uniform(0.2, 0.8)), z=i)
+    mid = (s.enter_t + min(s.leave_t, duration)) / 2
+    if rng.random() < 0.5:
+      options = [c for c in COLOURS if c != colour and (shape, c) not in used]
+      s.colour_change = (float(np.round(mid + rng.uniform(-0.5, 0.5), 1)), options[rng.integers(len(options))])
+    elif rng.random() < 0.5:
+      s.size_change = (float(np.round(mid, 1)), "large" if s.size == "small" else "small")
+    shapes.append(s)
+  texts = []
+  for k in range(int(rng.integers(1, 3))):
+    word = str(rng.integers(0, 10)) if rng.random() < 0.5 else WORDS[rng.integers(len(WORDS))]
+    start = float(np.round(rng.uniform(0, duration - 3), 1))
+    texts.append(Text(word, start, float(np.round(start + rng.uniform(2, 4), 1)), ("top", "bottom")[k % 2]))
+  return World(f"toy-{seed:06d}", duration, fps, width, height, shapes, texts)
+
+
+# ---- rendering ----
+
+def _draw_shape(img, shape: str, cx: float, cy: float, r: float, colour):
+  h, w, _ = img.shape
+  yy, xx = np.ogrid[:h, :w]
+  if shape == "circle":
+    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+  elif shape == "square":
+    mask = (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
+  else:  # triangle pointing up
+    mask = (yy <= cy + r * 0.8) & (yy >= cy - r) & (np.abs(xx - cx) <= (yy - (cy - r)) * 0.6)
+  img[mask] = colour
+
+
+def _draw_text(img, word: str, band: str, scale: int = 2):
+  h, w, _ = img.shape
+  cw = 6 * scale
+  x0 = (w - cw * len(word)) // 2
+  y0 = 4 if band == "top" else h - 7 * scale - 4
+  for i, ch in enumerate(word):
+    bits = np.array([int(b) for b in _GLYPHS[ch]], bool).reshape(7, 5)
+    glyph = np.kron(bits, np.ones((scale, scale), bool))
+    region = img[y0:y0 + glyph.shape[0], x0 + i * cw:x0 + i * cw + glyph.shape[1]]
+    region[glyph[:region.shape[0], :region.shape[1]]] = (255, 255, 255)
+
+
+def render_frame(world: World, t: float) -> np.ndarray:
+  img = np.empty((world.height, world.width, 3), np.uint8)
+  img[:] = BACKGROUND
+  for s in sorted(world.shapes, key=lambda s: s.z):
+    if s.enter_t <= t < s.leave_t:
+      x, y = s.position(t)
+      _draw_shape(img, s.shape, x * world.width, y * world.height, SIZES[s.size_at(t)] * world.height,
+                  COLOURS[s.colour_at(t)])
+  for x in world.texts:
+    if x.start <= t < x.end:
+      _draw_text(img, x.word, x.corner)
+  return img
+
+
+def write_video(world: World, path: str) -> None:
+  """Render every frame and encode H.264 (yuv420p, even sizes) through ffmpeg's stdin."""
+  n = int(round(world.duration * world.fps))
+  cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+         "-s", f"{world.width}x{world.height}", "-r", str(world.fps), "-i", "-", "-c:v", "libx264",
+         "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", path]
+  frames = b"".join(render_frame(world, i / world.fps).tobytes() for i in range(n))
+  out = subprocess.run(cmd, input=frames, capture_output=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f"ffmpeg failed writing {path}: {out.stderr.decode()[-500:]}")
+
+
+# ---- annotations ----
+
+def _span(a: float, b: float) -> str:
+  return f"{format_timestamp(a)}-{format_timestamp(b)}"
+
+
+def caption(world: World, video: str) -> CaptionRecord:
+  """Segments between consecutive event times (merged to >= 2 s), covering the whole video."""
+  cuts = sorted({0.0, world.duration, *(round(t) for t, _ in world.events() if 0 < round(t) < world.duration)})
+  merged = [cuts[0]]
+  for c in cuts[1:-1]:
+    if c - merged[-1] >= 2:
+      merged.append(c)
+  merged.append(world.duration)
+  segments = []
+  events = world.events()
+  for a, b in zip(merged[:-1], merged[1:]):
+    inside = [d for t, d in events if a <= round(t) < b and t < world.duration]
+    if not inside:
+      on = [s.label(a + 0.01) for s in world.shapes if s.enter_t <= a + 0.01 < s.leave_t]
+      inside = [f"the {' and the '.join(on)} {'keeps' if len(on) == 1 else 'keep'} moving" if on
+                else "the screen is empty"]
+    text = "; ".join(inside)
+    segments.append(Segment(a, b, text[0].upper() + text[1:] + "."))
+  return CaptionRecord(video=video, duration=world.duration, segments=tuple(segments),
+                       lineage=Lineage(source="toyworld", model=GENERATOR))
+
+
+@dataclasses.dataclass
+class Fact:
+  """One true observation backing a QA answer: where to look and what is there."""
+  start: float
+  end: float
+  text: str
+
+
+def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[Fact]]]:
+  """(question_type, question, answer, distractors, facts) that need the video and >1 moment."""
+  out = []
+  shapes, d = world.shapes, world.duration
+  visible = [s for s in shapes if s.enter_t < d]
+  # counting: shapes that enter during the whole video
+  for colour in sorted({s.colour for s in visible}):
+    n = sum(s.colour == colour for s in visible)
+    facts = [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible if s.colour == colour]
+    out.append(("counting", f"How many {colour} shapes enter the scene during the video?", str(n),
+                [str(k) for k in range(6) if k != n], facts))
+  # numerical: the sum of the numbers shown
+  nums = [x for x in world.texts if x.word.isdigit()]
+  if len(nums) >= 2:
+    total = sum(int(x.word) for x in nums)
+    out.append(("numerical", "What is the sum of all the numbers shown on screen?", str(total),
+                [str(total + k) for k in (-2, -1, 1, 2, 3) if total + k >= 0],
+                [Fact(x.start, x.end, f"the number {x.word} is shown") for x in nums]))
+  for s in visible:
+    first = f"the {s.label(s.enter_t)}"
+    if s.colour_change and s.colour_change[0] < min(s.leave_t, d):
+      t, c = s.colour_change
+      out.append(("state_change", f"The {s.shape} that enters at {format_timestamp(s.enter_t)} changes colour. "
+                  f"What colour does it become?", c, [x for x in COLOURS if x not in (c, s.colour)],
+                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it turns {c}")]))
+      out.append(("object_recognition", f"Which shape turns {c} during the video?", s.shape,
+                  [x for x in SHAPES if x != s.shape] + ["none"], [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
+    if s.size_change and s.size_change[0] < min(s.leave_t, d):
+      t, z = s.size_change
+      out.append(("state_change", f"Does the {s.colour} {s.shape} become larger or smaller?",
+                  "larger" if z == "large" else "smaller", ["larger" if z != "large" else "smaller", "neither", "it disappears"],
+                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it becomes {z}")]))
+    if s.leave_t < d:
+      out.append(("event_localization", f"When does the {s.label(s.leave_t, with_size=False)} leave the scene?"
+                  " Answer with MM:SS.", format_timestamp(s.leave_t),
+                  [format_timestamp(min(d, max(0, s.leave_t + k))) for k in (-5, -3, 3, 5)],
+                  [Fact(s.leave_t - 1, s.leave_t + 0.5, f"the {s.label(s.leave_t)} leaves on the {s.leave_side}")]))
+    out.append(("spatial", f"From which side does the {s.label(s.enter_t, with_size=False)} enter?",
+                s.enter_side, [x for x in SIDES if x != s.enter_side],
+                [Fact(s.enter_t, s.enter_t + 1, f"{first} enters from the {s.enter_side}")]))
+  for x in world.texts:
+    after = [s for s in visible if s.enter_t < x.start]
+    if after:
+      s = max(after, key=lambda s: s.enter_t)
+      out.append(("reading", f"What {'number' if x.word.isdigit() else 'word'} appears on screen after the "
+                  f"{s.label(s.enter_t, with_size=False)} enters?", x.word,
+                  [w for w in (WORDS if not x.word.isdigit() else [str(k) for k in range(10)]) if w != x.word],
+                  [Fact(s.enter_t, s.enter_t + 1, f"the {s.label(s.enter_t)} enters"),
+                   Fact(x.start, x.end, f"the {x.word} is shown at the {x.corner}")]))
+  if len(visible) >= 2:
+    a, b = rng.choice(len(visible), 2, replace=False)
+    a, b = visible[a], visible[b]
+    if abs(a.enter_t - b.enter_t) >= 1:
+      first = a if a.enter_t < b.enter_t else b
+      out.append(("temporal_localization", f"Which enters first, the {a.label(a.enter_t, False)} or the "
+                  f"{b.label(b.enter_t, False)}?", f"the {first.label(first.enter_t, False)}",
+                  [f"the {(b if first is a else a).label(0, False)}", "they enter together", "neither enters"],
+                  [Fact(a.enter_t, a.enter_t + 1, f"the {a.label(a.enter_t)} enters"),
+                   Fact(b.enter_t, b.enter_t + 1, f"the {b.label(b.enter_t)} enters")]))
+    # counterfactual: how many shapes would have entered without one of them
+    c = visible[int(rng.integers(len(visible)))]
+    n = len(visible) - 1
+    out.append(("counterfactual", f"If the {c.label(c.enter_t, False)} had never appeared, how many shapes "
+                "would have entered the scene in total?", str(n), [str(k) for k in range(6) if k != n],
+                [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible]))
+  occl = [(s, o) for s in visible for o in visible if o.z > s.z and _overlap(world, s, o) is not None]
+  if occl:
+    s, o = occl[0]
+    t = _overlap(world, s, o)
+    out.append(("causal", f"Why is the {s.label(t, False)} briefly hidden around {format_timestamp(t)}?",
+                f"it passes behind the {o.label(t, False)}", ["it leaves the scene", "it changes colour",
+                                                              "the screen goes dark"],
+                [Fact(t - 0.5, t + 0.5, f"the {s.label(t)} is behind the {o.label(t)}")]))
+  return out
+
+
+def _overlap(world: World, s: Shape, o: Shape) -> float | None:
+  """First time (on 0.5 s steps) the centre of s is inside the larger shape o, both on screen."""
+  for t in np.arange(max(s.enter_t, o.enter_t) + 0.5, min(s.leave_t, o.leave_t, world.duration) - 0.5, 0.5):
+    (x1, y1), (x2, y2) = s.position(t), o.position(t)
+    if 0.1 < x1 < 0.9 and 0.1 < y1 < 0.9 and np.hypot(x1 - x2, (y1 - y2) * world.height / world.width) * world.width < SIZES[o.size_at(t)] * world.height * 0.6 and SIZES[o.size_at(t)] > SIZES[s.size_at(t)]:
+      return float(t)
+  return None
+
+
+def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], list[CoTRecord], list[CoTRecord]]:
+  """Open and 4-way MC QA; a true CoT trace per QA; and a hallucinated variant of each trace
+  (one observation made false, answer kept) for reward tests."""
+  rng = np.random.default_rng(seed)
+  qas, cots, fakes = [], [], []
+  lineage = Lineage(source="toyworld", model=GENERATOR)
+  for qtype, question, answer, distractors, facts in _questions(world, rng):
+    distractors = list(dict.fromkeys(d for d in distractors if d != answer))[:3]
+    forms = [QARecord(video=video, question=question, answer=answer, question_type=qtype,
+                      duration=world.duration, lineage=lineage)]
+    if len(distractors) == 3:
+      options = distractors + [answer]
+      rng.shuffle(options)
+      forms.append(QARecord(video=video, question=question, answer=LETTERS[options.index(answer)],
+                            question_type=qtype, form="mc", options=tuple(options),
+                            duration=world.duration, lineage=lineage))
+    for qa in forms:
+      qas.append(qa)
+      for fake in (False, True):
+        steps = []
+        for k, f in enumerate(facts):
+          text = f.text
+          if fake and k == len(facts) - 1:
+            text = _falsify(text, rng)
+          steps.append(f"<action>re-watch {_span(max(0, f.start), min(world.duration, f.end))} to check "
+                       f"{'what happens' if k else 'the relevant moment'}</action>"
+                       f"<observation>[{_span(max(0, f.start), min(world.duration, f.end))}] {text}</observation>")
+        reasoning = ("I need to look at the relevant parts of the video. " + " ".join(steps)
+                     + f" So the answer is {qa.answer_text}.<answer>{qa.answer}</answer>")
+        rec = CoTRecord(video=video, question=qa.question, answer=qa.answer, question_type=qtype,
+                        form=qa.form, options=qa.options, duration=world.duration, reasoning=reasoning,
+                        lineage=dataclasses.replace(lineage, extra={"hallucinated": fake}))
+        (fakes if fake else cots).append(rec)
+  return qas, cots, fakes
+
+
+def _falsify(text: str, rng) -> str:
+  for group in (list(COLOURS), list(SIDES), list(SHAPES), ["large", "small"]):
+    for word in group:
+      if f" {word}" in f" {text}":
+        other = [w for w in group if w != word]
+        return f" {text}".replace(f" {word}", f" {other[rng.integers(len(other))]}", 1)[1:]
+  return text + " and a second identical copy appears"
+
+
+def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2) -> dict[str, int]:
+  """Write `count` videos under out_dir/videos and ReWatch JSONL files per split:
+  {split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl."""
+  from rewatch_jax.data.records import write_jsonl
+  os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+  n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
+  stats = {}
+  for split, seeds in (("train", range(seed, seed + count - n_test)), ("test", range(seed + count - n_test, seed + count))):
+    caps, qas, cots, fakes = [], [], [], []
+    for s in seeds:
+      world = generate(s)
+      video = f"videos/{world.id}.mp4"
+      path = os.path.join(out_dir, video)
+      if not os.path.exists(path):
+        write_video(world, path + ".tmp.mp4")
+        os.replace(path + ".tmp.mp4", path)
+      caps.append(caption(world, video))
+      q, c, f = qa_records(world, video, s)
+      qas += q
+      cots += c
+      fakes += f
+    for name, recs in (("caption", caps), ("qa", qas), ("cot", cots), ("cot_hallucinated", fakes)):
+      stats[f"{split}_{name}"] = write_jsonl(os.path.join(out_dir, f"{split}_{name}.jsonl"), recs)
+  return stats

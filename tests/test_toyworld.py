@@ -1,0 +1,85 @@
+"""The toy world: deterministic, annotations true to the rendered pixels, all ReWatch formats."""
+
+import collections
+import json
+import re
+
+import numpy as np
+
+from rewatch_jax.data import records as R
+from rewatch_jax.data import toyworld as T
+from rewatch_jax.data.video import load_video
+
+
+def test_deterministic():
+  a, b = T.generate(7), T.generate(7)
+  assert a == b and T.generate(8) != a
+  np.testing.assert_array_equal(T.render_frame(a, 3.3), T.render_frame(b, 3.3))
+  assert T.qa_records(a, "v.mp4", 7) == T.qa_records(b, "v.mp4", 7)
+
+
+def test_pixels_match_the_event_log():
+  checked = 0
+  for seed in range(15):
+    w = T.generate(seed)
+    for s in w.shapes:
+      for t in np.arange(s.enter_t, min(s.leave_t, w.duration), 0.5):
+        x, y = s.position(t)
+        r = T.SIZES[s.size_at(t)]
+        if not (r < x < 1 - r and r < y < 1 - r):
+          continue
+        covered = any(o.z > s.z and o.enter_t <= t < o.leave_t and
+                      np.hypot((o.position(t)[0] - x) * w.width, (o.position(t)[1] - y) * w.height) < 0.3 * w.height
+                      for o in w.shapes)
+        if covered or any(tx.start <= t < tx.end for tx in w.texts) and (y < 0.2 or y > 0.8):
+          continue
+        pixel = T.render_frame(w, t)[int(y * w.height), int(x * w.width)]
+        assert tuple(pixel) == T.COLOURS[s.colour_at(t)], (seed, s, t)
+        checked += 1
+  assert checked > 100
+
+
+def test_captions_cover_the_video_and_records_validate():
+  for seed in range(10):
+    w = T.generate(seed)
+    cap = T.caption(w, "videos/x.mp4")
+    segs = cap.segments
+    assert segs[0].start == 0 and segs[-1].end == w.duration
+    assert all(a.end == b.start for a, b in zip(segs, segs[1:]))
+    R.parse_caption(cap.text)  # renders in the ReWatch format
+
+
+def test_questions_span_the_rewatch_types_and_need_the_video():
+  types = collections.Counter()
+  for seed in range(30):
+    w = T.generate(seed)
+    qas, cots, fakes = T.qa_records(w, "v.mp4", seed)
+    assert len(cots) == len(qas) == len(fakes)
+    for qa in qas:
+      types[qa.question_type] += 1
+      if qa.form == "mc":
+        assert len(qa.options) == 4 and list(qa.options).count(qa.answer_text) == 1
+      if " or " not in qa.question:  # either/or questions name both choices by design
+        assert not re.search(rf"\b{re.escape(qa.answer_text.lower())}\b", qa.question.lower())  # not given away
+    for true, fake in zip(cots, fakes):
+      assert true.answer == fake.answer and true.reasoning != fake.reasoning
+      obs_t = [o for o in true.reasoning.split("<observation>")[1:]]
+      obs_f = [o for o in fake.reasoning.split("<observation>")[1:]]
+      assert sum(a != b for a, b in zip(obs_t, obs_f)) == 1
+  assert len(types) >= 9, types  # all ten ReWatch types except what a world happens to lack
+  assert types["counting"] and types["reading"] and types["counterfactual"]
+
+
+def test_build_writes_decodable_videos_and_splits(tmp_path):
+  stats = T.build(str(tmp_path), count=3, seed=100)
+  assert stats["train_caption"] == 2 and stats["test_caption"] == 1
+  qas = list(R.read_jsonl(str(tmp_path / "test_qa.jsonl")))
+  assert qas and all(q.video.startswith("videos/") for q in qas)
+  caps = list(R.read_jsonl(str(tmp_path / "train_caption.jsonl")))
+  v = load_video(str(tmp_path / caps[0].video))
+  assert abs(v.duration - caps[0].duration) < 0.2 and len(v.frames) >= 16
+  # resumable: a second build reuses the videos and writes identical records
+  before = (tmp_path / "train_qa.jsonl").read_text()
+  T.build(str(tmp_path), count=3, seed=100)
+  assert (tmp_path / "train_qa.jsonl").read_text() == before
+  assert json.loads(before.splitlines()[0])["lineage"]["source"] == "toyworld"
