@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "array-record==0.8.6",
     "tensorflow-datasets==4.9.10",  # builds/reads ArrayRecord without TensorFlow
+    "importlib_resources>=6",  # needed by tensorflow-datasets builders, not declared by it
     "transformers==5.24.0",  # tokenizers and the reference processor/config classes
     "tokenizers==0.23.3",
     "safetensors==0.8.0",

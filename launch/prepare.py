@@ -1,9 +1,14 @@
 r"""Prepare datasets.
 
-  python launch/prepare.py --toyworld 200 --out /tmp/toy        # the embedded procedural world
+  python launch/prepare.py --toyworld 200 --out /tmp/toy
+      the embedded procedural world: out/videos/*.mp4 and ReWatch JSONL records per split
+      (train_/test_ caption, qa, cot, cot_hallucinated); re-running reuses existing videos.
 
-writes out/videos/*.mp4 and ReWatch JSONL records per split (train_/test_ caption, qa, cot,
-cot_hallucinated). Re-running reuses videos that already exist.
+  python launch/prepare.py --records qa.jsonl --videos DIR --out DIR --config qa \
+      [--captions caption.jsonl] [--processes 8] [--num_shards N --shard_index I]
+      JSONL records + videos -> TFDS `rewatch` ArrayRecord files of decoded frames and tokens
+      (configs caption, qa, cot, rl). Bad videos are skipped and listed in prepare_report.json
+      (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
 """
 
 import os
@@ -19,23 +24,54 @@ flags.DEFINE_integer("toyworld", None, "Number of toy-world videos to generate."
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_integer("seed", 0, "First toy-world seed (video i uses seed + i).")
 flags.DEFINE_float("test_fraction", 0.2, "Share of toy-world videos held out as the test split.")
+flags.DEFINE_string("records", None, "JSONL records to prepare.")
+flags.DEFINE_string("videos", None, "Video root that record paths are relative to.")
+flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "rl"], "Which prepared dataset to build.")
+flags.DEFINE_string("captions", None, "Caption JSONL (the rl config keeps each video's caption).")
+flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (default: the Qwen vocabulary).")
+flags.DEFINE_string("cache_dir", None, "Frame cache directory (decode each video once per spec).")
+flags.DEFINE_integer("processes", 1, "Local decoding processes.")
+flags.DEFINE_integer("num_shards", 1, "Hosts preparing disjoint shards.")
+flags.DEFINE_integer("shard_index", 0, "This host's shard.")
+flags.DEFINE_enum("on_error", "skip", ["skip", "raise"], "Skip-and-report bad records or stop.")
+flags.DEFINE_float("fps", 2.0, "VideoSpec: frames sampled per second.")
+flags.DEFINE_integer("max_frames", 192, "VideoSpec: most frames per video.")
+flags.DEFINE_integer("min_pixels", 128 * 28 * 28, "VideoSpec: least pixels per frame.")
+flags.DEFINE_integer("max_pixels", 128 * 28 * 28, "VideoSpec: most pixels per frame.")
+flags.DEFINE_integer("total_pixels", 12288 * 28 * 28, "VideoSpec: most pixels per video.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.toyworld is None:
-    raise app.UsageError("give --toyworld N (preparing --records into ArrayRecord is not built yet)")
   if not FLAGS.out:
     raise app.UsageError("--out is required")
-  if FLAGS.toyworld < 1:
-    raise app.UsageError("--toyworld must be >= 1")
-  from rewatch_jax.data import toyworld
   t0 = time.perf_counter()
-  stats = toyworld.build(FLAGS.out, FLAGS.toyworld, seed=FLAGS.seed, test_fraction=FLAGS.test_fraction)
-  print(f"toy world: {FLAGS.toyworld} videos in {time.perf_counter() - t0:.1f}s -> {FLAGS.out}")
-  for name, n in stats.items():
-    print(f"  {name:<24} {n}")
+  if FLAGS.toyworld is not None:
+    if FLAGS.toyworld < 1:
+      raise app.UsageError("--toyworld must be >= 1")
+    from rewatch_jax.data import toyworld
+    stats = toyworld.build(FLAGS.out, FLAGS.toyworld, seed=FLAGS.seed, test_fraction=FLAGS.test_fraction)
+    print(f"toy world: {FLAGS.toyworld} videos in {time.perf_counter() - t0:.1f}s -> {FLAGS.out}")
+    for name, n in stats.items():
+      print(f"  {name:<24} {n}")
+    return
+  if not (FLAGS.records and FLAGS.videos and FLAGS.config):
+    raise app.UsageError("give --toyworld N, or --records, --videos and --config")
+  from rewatch_jax.data import records, tfds_rewatch
+  from rewatch_jax.data.video import VideoSpec
+  spec = VideoSpec(fps=FLAGS.fps, max_frames=FLAGS.max_frames, min_pixels=FLAGS.min_pixels,
+                   max_pixels=FLAGS.max_pixels, total_pixels=FLAGS.total_pixels)
+  recs = list(records.read_jsonl(FLAGS.records))
+  caps = [r for r in records.read_jsonl(FLAGS.captions)] if FLAGS.captions else []
+  report = tfds_rewatch.prepare(
+      FLAGS.out, FLAGS.config, recs, FLAGS.videos, spec, captions=caps, tokenizer=FLAGS.tokenizer,
+      cache_dir=FLAGS.cache_dir, on_error=FLAGS.on_error, processes=FLAGS.processes,
+      num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index)
+  print(f"{FLAGS.config}: wrote {report['written']} of {report['records']} records "
+        f"(skipped {len(report['skipped'])}) in {time.perf_counter() - t0:.1f}s; VideoSpec {spec.hash}")
+  for s in report["skipped"][:10]:
+    print(f"  skipped {s['id']}: {s['error']}")
 
 
 if __name__ == "__main__":

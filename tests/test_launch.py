@@ -40,3 +40,19 @@ def test_prepare_toyworld(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
   assert (tmp_path / "test_qa.jsonl").stat().st_size > 0 and "train_cot" in out.stdout
+
+
+def test_prepare_records_into_array_record(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda *a: subprocess.run([sys.executable, "launch/prepare.py", *a], cwd=ROOT, capture_output=True,
+                                  text=True, env=env, timeout=600)
+  out = run("--toyworld", "2", "--out", str(tmp_path / "toy"), "--test_fraction", "0.5")
+  assert out.returncode == 0, out.stderr[-2000:]
+  out = run("--records", str(tmp_path / "toy" / "test_caption.jsonl"), "--videos", str(tmp_path / "toy"),
+            "--out", str(tmp_path / "prep"), "--config", "caption", "--max_frames", "4",
+            "--min_pixels", "3136", "--max_pixels", "3136")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "caption: wrote 1 of 1 records" in out.stdout
+  assert (tmp_path / "prep" / "rewatch" / "caption" / "1.0.0" / "prepare_report.json").exists()
+  out = run("--records", "x.jsonl", "--out", str(tmp_path))
+  assert out.returncode != 0 and "--records, --videos and --config" in out.stderr

@@ -1,0 +1,179 @@
+"""TFDS builder `rewatch`: JSONL records + a video folder -> ArrayRecord of decoded frames and tokens.
+
+Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), rl (thinking
+prompt without the answer, plus ground truth and the video's caption for the O&R reward). Frames
+are decoded once with the VideoSpec, stored resized (ZLIB-compressed uint8), and the spec's hash
+is written into the dataset metadata. No TensorFlow is needed to build or read.
+
+Bad videos or records are skipped and listed in `prepare_report.json` (or stop the build with
+`on_error="raise"`). Many hosts can prepare disjoint shards of one dataset (`num_shards`,
+`shard_index`); `data_sources` reads all shards back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from rewatch_jax.data import chat, records as R
+from rewatch_jax.data.processor import video_tokens
+from rewatch_jax.data.video import FrameCache, VideoSpec, load_video
+from rewatch_jax.models.configs import VisionConfig
+
+VERSION = "1.0.0"
+MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "rl": "thinking"}
+KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "rl": (R.QARecord,)}
+
+
+def _features(config: str) -> tfds.features.FeaturesDict:
+  t = tfds.features.Tensor
+  feats = {
+      "id": tfds.features.Text(), "kind": tfds.features.Text(), "video": tfds.features.Text(),
+      "record": tfds.features.Text(),  # the full record as JSON (lineage included)
+      "frames": t(shape=(None, None, None, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
+      "timestamps": t(shape=(None,), dtype=np.float32),
+      "duration": t(shape=(), dtype=np.float32),
+      "second_per_grid": t(shape=(), dtype=np.float32),
+      "input_ids": t(shape=(None,), dtype=np.int32),
+      "loss_mask": t(shape=(None,), dtype=np.bool_),
+  }
+  if config == "rl":
+    feats.update(answer=tfds.features.Text(), caption=tfds.features.Text(),
+                 question_type=tfds.features.Text())
+  return tfds.features.FeaturesDict(feats)
+
+
+@dataclasses.dataclass
+class _Job:
+  record: R.Record
+  path: str
+
+
+def _decode(job_and_args):
+  """Worker: decode one video and encode the conversation. Returns (key, example) or (key, error)."""
+  job, config, spec, tokenizer_path, cache_dir, caption_text = job_and_args
+  rec = job.record
+  try:
+    video = FrameCache(cache_dir).load(job.path, spec) if cache_dir else load_video(job.path, spec)
+    tokenizer = chat.qwen_tokenizer(tokenizer_path)
+    rl = config == "rl"
+    enc = chat.encode(tokenizer, chat.conversation(MODES[config], rec, video.duration, with_answer=not rl),
+                      video_tokens=_video_tokens(video.frames.shape), add_generation_prompt=rl)
+    ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(R.to_json(rec)),
+          "frames": video.frames, "timestamps": video.timestamps.astype(np.float32),
+          "duration": np.float32(video.duration), "second_per_grid": np.float32(video.second_per_grid(2)),
+          "input_ids": enc.input_ids, "loss_mask": enc.loss_mask}
+    if rl:
+      ex.update(answer=rec.answer, caption=caption_text or "", question_type=rec.question_type)
+    return rec.id, ex, None
+  except (ValueError, OSError) as e:  # VideoError and RecordError are ValueErrors
+    return rec.id, None, f"{type(e).__name__}: {e}"
+
+
+def _video_tokens(frames_shape, vision: VisionConfig = VisionConfig()) -> int:
+  """Merged video tokens of decoded frames (T, H, W, 3) for Qwen2.5-VL's patching."""
+  t, h, w = -(-frames_shape[0] // vision.temporal_patch_size), frames_shape[1], frames_shape[2]
+  return video_tokens((t, h // vision.patch_size, w // vision.patch_size), vision)
+
+
+class Rewatch(tfds.core.GeneratorBasedBuilder):
+  """ReWatch SFT/RL data prepared for training (see module docstring)."""
+
+  VERSION = tfds.core.Version(VERSION)
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in MODES]
+
+  def __init__(self, *, records=(), video_root: str = "", spec: VideoSpec = VideoSpec(),
+               tokenizer: str | None = None, captions=(), cache_dir: str | None = None,
+               on_error: str = "skip", processes: int = 1, num_shards: int = 1, shard_index: int = 0,
+               **kwargs):
+    if on_error not in ("skip", "raise"):
+      raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if not 0 <= shard_index < num_shards:
+      raise ValueError(f"shard_index {shard_index} outside [0, {num_shards})")
+    self._records, self._video_root, self._spec = list(records), video_root, spec
+    self._tokenizer, self._cache_dir, self._on_error = tokenizer, cache_dir, on_error
+    self._captions = {c.video: c.text for c in captions}
+    self._processes, self._num_shards, self._shard_index = processes, num_shards, shard_index
+    self.report = {}
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=_features(self.builder_config.name),
+                                          metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    config = self.builder_config.name
+    wanted = KINDS[config]
+    mine = sorted((r for r in self._records if type(r) in wanted), key=lambda r: r.id)
+    mine = mine[self._shard_index::self._num_shards]
+    skipped, jobs = [], []
+    for rec in mine:
+      try:
+        jobs.append((_Job(rec, R.resolve_video(self._video_root, rec.video)), config, self._spec,
+                     self._tokenizer, self._cache_dir, self._captions.get(rec.video)))
+      except R.RecordError as e:
+        skipped.append({"id": rec.id, "video": rec.video, "error": str(e)})
+    written = 0
+    pool = multiprocessing.get_context("spawn").Pool(self._processes) if self._processes > 1 else None
+    try:
+      results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
+      for key, example, error in results:
+        if error is not None:
+          if self._on_error == "raise":
+            raise ValueError(f"preparing {key}: {error}")
+          skipped.append({"id": key, "error": error})
+          continue
+        written += 1
+        yield key, example
+    finally:
+      if pool:
+        pool.terminate()
+    self.report = {"config": config, "video_spec": self._spec.to_dict(), "video_spec_hash": self._spec.hash,
+                   "shard": [self._shard_index, self._num_shards], "records": len(mine),
+                   "written": written, "skipped": skipped}
+    self.info.metadata.update(video_spec_hash=self._spec.hash, video_spec=self._spec.to_dict(),
+                              prompt_version=chat.PROMPT_VERSION, written=written, skipped=len(skipped))
+
+
+def shard_dir(out_dir: str, num_shards: int, shard_index: int) -> str:
+  return out_dir if num_shards == 1 else os.path.join(out_dir, f"shard-{shard_index:05d}-of-{num_shards:05d}")
+
+
+def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec = VideoSpec(),
+            **kwargs) -> dict:
+  """Build one config (one shard of it) and write its report next to the data. Returns the report."""
+  data_dir = shard_dir(out_dir, kwargs.get("num_shards", 1), kwargs.get("shard_index", 0))
+  builder = Rewatch(config=config, records=records, video_root=video_root, spec=spec, data_dir=data_dir,
+                    file_format="array_record", **kwargs)
+  builder.download_and_prepare()
+  with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
+    json.dump(builder.report, f, indent=2)
+  return builder.report
+
+
+def data_sources(out_dir: str, config: str) -> tuple[list, dict]:
+  """Every prepared shard of `config` under out_dir as TFDS data sources (random access, decoded),
+  and their common metadata. Raises if shards disagree on the VideoSpec."""
+  dirs = sorted(glob.glob(os.path.join(out_dir, "rewatch", config, VERSION)) +
+                glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, VERSION)))
+  if not dirs:
+    raise FileNotFoundError(f"no prepared '{config}' data under {out_dir} (run launch/prepare.py)")
+  sources, metas = [], []
+  for d in dirs:
+    builder = tfds.builder_from_directory(d)
+    sources.append(builder.as_data_source(split="train"))
+    metas.append(dict(builder.info.metadata))
+  hashes = {m.get("video_spec_hash") for m in metas}
+  if len(hashes) != 1:
+    raise ValueError(f"shards of {out_dir}/{config} were prepared with different VideoSpecs: {hashes}")
+  return sources, metas[0]

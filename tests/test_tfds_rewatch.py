@@ -1,0 +1,79 @@
+"""Preparing ReWatch data into ArrayRecord (TFDS, no TensorFlow) and reading it back."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from rewatch_jax.data import chat, records as R, tfds_rewatch, toyworld
+from rewatch_jax.data.video import VideoSpec, load_video
+
+SPEC = VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 84, total_pixels=8 * 56 * 84)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+  out = tmp_path_factory.mktemp("toy")
+  toyworld.build(str(out), count=3, seed=11, test_fraction=0.34)
+  return out
+
+
+def _records(toy, split, kind):
+  return list(R.read_jsonl(str(toy / f"{split}_{kind}.jsonl")))
+
+
+@pytest.mark.parametrize("config", ["caption", "qa", "cot", "rl"])
+def test_prepare_and_read_back(toy, tmp_path, config):
+  kind = {"caption": "caption", "qa": "qa", "cot": "cot", "rl": "qa"}[config]
+  recs = _records(toy, "train", kind)[:6]
+  report = tfds_rewatch.prepare(str(tmp_path), config, recs, str(toy), SPEC,
+                                captions=_records(toy, "train", "caption"))
+  assert report["written"] == len(recs) and not report["skipped"]
+  (source,), meta = tfds_rewatch.data_sources(str(tmp_path), config)
+  assert len(source) == len(recs) and meta["video_spec_hash"] == SPEC.hash
+  by_id = {r.id: r for r in recs}
+  ex = source[0]
+  rec = by_id[ex["id"].decode()]
+  video = load_video(str(toy / rec.video), SPEC)
+  np.testing.assert_array_equal(ex["frames"], video.frames)
+  tok = chat.qwen_tokenizer()
+  text = tok.decode(ex["input_ids"].tolist(), skip_special_tokens=False)
+  assert text.count("<|video_pad|>") == ex["frames"].shape[0] // 2 * (ex["frames"].shape[1] // 28) * (ex["frames"].shape[2] // 28)
+  if config == "rl":
+    assert text.endswith("<|im_start|>assistant\n") and not ex["loss_mask"].any()
+    assert ex["answer"].decode() == rec.answer and ex["caption"].decode().startswith("[00:00-")
+  else:
+    trained = tok.decode(ex["input_ids"][ex["loss_mask"]].tolist(), skip_special_tokens=False)
+    assert trained == chat.target(tfds_rewatch.MODES[config], rec) + "<|im_end|>"
+  assert json.loads(ex["record"].decode())["id"] == rec.id
+
+
+def test_bad_videos_are_skipped_and_reported(toy, tmp_path):
+  videos = tmp_path / "videos_root"
+  shutil.copytree(toy / "videos", videos / "videos")
+  recs = _records(toy, "train", "caption")
+  with open(videos / recs[0].video, "r+b") as f:
+    f.truncate(200)  # corrupt one video
+  escaping = R.CaptionRecord(video="videos/x.mp4", duration=3, segments=(R.Segment(0, 3, "x"),))
+  object.__setattr__(escaping, "video", "../outside.mp4")  # bypass validation, as a hand-edited file might
+  report = tfds_rewatch.prepare(str(tmp_path / "out"), "caption", recs + [escaping], str(videos), SPEC)
+  assert report["written"] == len(recs) - 1 and len(report["skipped"]) == 2
+  errors = " ".join(s["error"] for s in report["skipped"])
+  assert os.path.basename(recs[0].video) in errors and "escapes" in errors
+  assert json.load(open(next((tmp_path / "out").rglob("prepare_report.json"))))["written"] == len(recs) - 1
+  with pytest.raises(ValueError, match="preparing"):
+    tfds_rewatch.prepare(str(tmp_path / "out2"), "caption", recs, str(videos), SPEC, on_error="raise")
+
+
+def test_shards_prepared_separately_read_as_one(toy, tmp_path):
+  recs = _records(toy, "train", "qa")[:7]
+  for i in range(2):
+    tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC, num_shards=2, shard_index=i,
+                         processes=2 if i else 1)  # one shard decoded by a process pool
+  sources, _ = tfds_rewatch.data_sources(str(tmp_path), "qa")
+  ids = sorted(ex["id"].decode() for src in sources for ex in (src[i] for i in range(len(src))))
+  assert len(sources) == 2 and ids == sorted(r.id for r in recs)
+  with pytest.raises(FileNotFoundError, match="launch/prepare.py"):
+    tfds_rewatch.data_sources(str(tmp_path), "cot")
