@@ -8,3 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+  # Grain worker processes read absl flags; outside app.run they must be marked parsed.
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,167 @@
+"""Grain pipelines from prepared ReWatch data to fixed-shape batches on the mesh.
+
+SFT mixes the caption / direct-QA / CoT sets by weight; RL yields prompts with their ground truth
+and caption (kept on the host for rewards); evaluation reads a set once, in order. Each process
+reads only its own slice of every set (`process_index::process_count`), shuffling is seeded, and
+every batch is padded to one of a few static buckets (tokens, patch slots, frame block) so the
+trainer compiles once per bucket. Iterator state (`iterator.get_state()`) restores exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from rewatch_jax.data import tfds_rewatch
+from rewatch_jax.data.processor import frames_to_patches
+from rewatch_jax.models import positions as P
+from rewatch_jax.models.configs import ModelConfig
+from rewatch_jax.models.inputs import ModelInputs, from_hf_inputs
+
+TASKS = ("caption", "qa", "cot")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+  length: int  # tokens per example
+  patches: int  # patch slots per example (a multiple of frame_block)
+  frame_block: int  # patch slots per temporal patch (see models.positions.frame_slots)
+
+
+def source(data_dir: str, config: str) -> grain.MapDataset:
+  """All prepared shards of one config as one random-access dataset."""
+  sources, _ = tfds_rewatch.data_sources(data_dir, config)
+  return grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources])
+
+
+def _host_slice(ds: grain.MapDataset) -> grain.MapDataset:
+  return ds[jax.process_index()::jax.process_count()]
+
+
+class ToExample(grain.transforms.Map):
+  """Decoded TFDS example -> pixel rows, grid and tokens (host numpy; runs in Grain workers)."""
+
+  def __init__(self, cfg: ModelConfig, task_ids: dict[str, int]):
+    self.cfg, self.task_ids = cfg, task_ids
+
+  def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+    pixels, grid = frames_to_patches(ex["frames"], self.cfg.vision)
+    out = dict(input_ids=ex["input_ids"], loss_mask=ex["loss_mask"], pixel_values=pixels,
+               video_grid_thw=np.asarray(grid, np.int64), second_per_grid=np.float32(ex["second_per_grid"]),
+               task=np.int32(self.task_ids.get(ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"], 0)),
+               id=_text(ex["id"]))
+    for key in ("answer", "caption", "question_type", "record"):
+      if key in ex:
+        out[key] = _text(ex[key])
+    return out
+
+
+def _text(x) -> str:
+  return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
+  t, h, w = ex["video_grid_thw"]
+  return (len(ex["input_ids"]) <= bucket.length and P.frame_slots(h, w, cfg.vision) <= bucket.frame_block
+          and t * bucket.frame_block <= bucket.patches)
+
+
+class Collate:
+  """A list of examples -> one padded batch in the smallest bucket that fits them all.
+  Tensors go to the device; strings (ids, answers, captions) stay on the host under "meta"."""
+
+  def __init__(self, cfg: ModelConfig, buckets: Sequence[Bucket], pad_id: int):
+    self.cfg, self.buckets, self.pad_id = cfg, sorted(buckets, key=lambda b: (b.length, b.patches)), pad_id
+
+  def __call__(self, examples: Sequence[dict]) -> dict[str, Any]:
+    bucket = next((b for b in self.buckets if all(fits(e, b, self.cfg) for e in examples)), None)
+    if bucket is None:
+      worst = max(examples, key=lambda e: len(e["input_ids"]))
+      raise ValueError(f"example {worst['id']} ({len(worst['input_ids'])} tokens, grid "
+                       f"{worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}")
+    n = len(examples)
+    ids = np.full((n, bucket.length), self.pad_id, np.int64)
+    attention = np.zeros((n, bucket.length), np.int64)
+    mask = np.zeros((n, bucket.length), bool)
+    for i, ex in enumerate(examples):
+      k = len(ex["input_ids"])
+      ids[i, :k], attention[i, :k], mask[i, :k] = ex["input_ids"], 1, ex["loss_mask"]
+    inputs = from_hf_inputs(
+        self.cfg, input_ids=ids, attention_mask=attention,
+        pixel_values_videos=np.concatenate([e["pixel_values"] for e in examples]),
+        video_grid_thw=np.stack([e["video_grid_thw"] for e in examples]),
+        second_per_grid_ts=np.array([e["second_per_grid"] for e in examples], np.float32),
+        pad_patches_to=bucket.patches, frame_block=bucket.frame_block)
+    targets = np.concatenate([ids[:, 1:], np.full((n, 1), self.pad_id)], 1).astype(np.int32)
+    weights = np.concatenate([mask[:, 1:], np.zeros((n, 1), bool)], 1).astype(np.float32)
+    meta = {k: [e[k] for e in examples] for k in ("id", "answer", "caption", "question_type", "record")
+            if k in examples[0]}
+    return dict(inputs=inputs, targets=targets, weights=weights,
+                task=np.stack([e["task"] for e in examples]), meta=meta)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+  data_dir: str
+  batch_size: int  # per process
+  buckets: Sequence[Bucket]
+  weights: dict[str, float] = dataclasses.field(default_factory=lambda: {t: 1.0 for t in TASKS})
+  seed: int = 0
+  workers: int = 0  # Grain multiprocessing workers (0: in-process)
+  read_threads: int = 4
+  pad_id: int = 151643  # <|endoftext|>
+
+
+def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, task_ids, drop_remainder: bool):
+  ds = ds.map(ToExample(cfg, task_ids))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2 * pc.batch_size))
+  it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id))
+  if pc.workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
+  return it
+
+
+def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
+  """Infinite, shuffled mixture of the SFT tasks with weight > 0."""
+  tasks = [t for t in TASKS if pc.weights.get(t, 0) > 0]
+  if not tasks:
+    raise ValueError(f"no SFT task has a positive weight: {pc.weights}")
+  unknown = set(pc.weights) - set(TASKS)
+  if unknown:
+    raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
+  parts = [_host_slice(source(pc.data_dir, t)).shuffle(pc.seed + i).repeat() for i, t in enumerate(tasks)]
+  mixed = grain.MapDataset.mix(parts, [pc.weights[t] for t in tasks])
+  return _finish(mixed, pc, cfg, {t: i for i, t in enumerate(TASKS)}, drop_remainder=True)
+
+
+def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
+  """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
+  ds = _host_slice(source(pc.data_dir, "rl")).shuffle(pc.seed).repeat()
+  return _finish(ds, pc, cfg, {}, drop_remainder=True)
+
+
+def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl") -> grain.IterDataset:
+  """One ordered pass over this process's slice; the last batch may be smaller."""
+  return _finish(_host_slice(source(pc.data_dir, config)), pc, cfg, {}, drop_remainder=False)
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:
+  """Where each batch array goes: batch dimension over the data axes (positions: dimension 1)."""
+  spec = lambda *dims: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*dims))
+  b = tuple(a for a in batch_axes if a in mesh.axis_names)
+  inputs = ModelInputs(input_ids=spec(b), attention_mask=spec(b), positions=spec(None, b),
+                       pixel_values=spec(b), vision_rotary_ids=spec(b), window_segment=spec(b),
+                       frame_segment=spec(b), vision_token_index=spec(b), frame_block=frame_block)
+  return dict(inputs=inputs, targets=spec(b), weights=spec(b), task=spec(b))
+
+
+def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict]:
+  """Place this process's batch as the global arrays (jax.make_array_from_process_local_data);
+  returns (device batch, host-only metadata)."""
+  shardings = batch_shardings(mesh, batch["inputs"].frame_block)
+  arrays = {k: batch[k] for k in shardings}
+  return jax.tree.map(jax.make_array_from_process_local_data, shardings, arrays), batch["meta"]
