@@ -77,3 +77,9 @@ def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   assert len(sources) == 2 and ids == sorted(r.id for r in recs)
   with pytest.raises(FileNotFoundError, match="launch/prepare.py"):
     tfds_rewatch.data_sources(str(tmp_path), "cot")
+
+
+def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):
+  recs = _records(toy, "train", "caption")
+  report = tfds_rewatch.prepare(str(tmp_path), "caption", recs + recs[:1], str(toy), SPEC)
+  assert report["written"] == len(recs) and report["skipped"][0]["error"] == "duplicate record id"

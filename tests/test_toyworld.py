@@ -83,3 +83,10 @@ def test_build_writes_decodable_videos_and_splits(tmp_path):
   T.build(str(tmp_path), count=3, seed=100)
   assert (tmp_path / "train_qa.jsonl").read_text() == before
   assert json.loads(before.splitlines()[0])["lineage"]["source"] == "toyworld"
+
+
+def test_no_duplicate_or_ambiguous_questions():
+  for seed in range(40):
+    qas, _, _ = T.qa_records(T.generate(seed), "v.mp4", seed)
+    ids = [q.id for q in qas]
+    assert len(ids) == len(set(ids)), seed

@@ -166,3 +166,25 @@ def test_frame_cache_decodes_once(tmp_path, monkeypatch):
   assert again.path == str(copy) and not calls
   cache.load(path, VideoSpec(fps=1.0))  # another spec: a miss
   assert len(calls) == 1
+
+
+def test_long_video_samples_max_frames(tmp_path):
+  """192 sampled frames (ffmpeg's select expression must stay parseable at that length)."""
+  path = make_video(tmp_path / "long.mp4", seconds=110, size="64x48", fps=4)
+  v = load_video(path, VideoSpec(min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=192 * 56 * 56))
+  assert v.frames.shape[0] == 192
+  np.testing.assert_allclose(v.timestamps, V.sample_indices(440, 192) / 4, atol=1e-6)
+  assert np.all(np.diff(v.timestamps) > 0)
+
+
+def test_header_probe_agrees_with_ffmpeg(tmp_path):
+  paths = [os.path.join(_clips(), n) for n in sorted(os.listdir(_clips()))]
+  paths.append(make_video(tmp_path / "b.mp4", seconds=3, size="96x64", fps=24))
+  for path in paths:
+    fast, slow = V._mp4_probe(path), V._ffmpeg_probe(path)
+    assert fast is not None, path
+    assert (fast.width, fast.height, fast.total_frames) == (slow.width, slow.height, slow.total_frames)
+    assert abs(fast.fps - slow.fps) < 0.01 and abs(fast.duration - slow.duration) < 0.05
+  mkv = tmp_path / "c.mkv"
+  _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=2:size=64x48:rate=10", "-c:v", "libx264", str(mkv))
+  assert V._mp4_probe(str(mkv)) is None and load_video(str(mkv)).frames.shape[0] == 4  # ffmpeg path

@@ -116,8 +116,12 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     wanted = KINDS[config]
     mine = sorted((r for r in self._records if type(r) in wanted), key=lambda r: r.id)
     mine = mine[self._shard_index::self._num_shards]
-    skipped, jobs = [], []
+    skipped, jobs, seen = [], [], set()
     for rec in mine:
+      if rec.id in seen:
+        skipped.append({"id": rec.id, "video": rec.video, "error": "duplicate record id"})
+        continue
+      seen.add(rec.id)
       try:
         jobs.append((_Job(rec, R.resolve_video(self._video_root, rec.video)), config, self._spec,
                      self._tokenizer, self._cache_dir, self._captions.get(rec.video)))

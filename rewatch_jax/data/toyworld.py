@@ -265,8 +265,9 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
       out.append(("state_change", f"The {s.shape} that enters at {format_timestamp(s.enter_t)} changes colour. "
                   f"What colour does it become?", c, [x for x in COLOURS if x not in (c, s.colour)],
                   [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it turns {c}")]))
-      out.append(("object_recognition", f"Which shape turns {c} during the video?", s.shape,
-                  [x for x in SHAPES if x != s.shape] + ["none"], [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
+      if sum(o.colour_change is not None and o.colour_change[1] == c for o in visible) == 1:
+        out.append(("object_recognition", f"Which shape turns {c} during the video?", s.shape,
+                    [x for x in SHAPES if x != s.shape] + ["none"], [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
     if s.size_change and s.size_change[0] < min(s.leave_t, d):
       t, z = s.size_change
       out.append(("state_change", f"Does the {s.colour} {s.shape} become larger or smaller?",
@@ -331,7 +332,14 @@ def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], lis
   rng = np.random.default_rng(seed)
   qas, cots, fakes = [], [], []
   lineage = Lineage(source="toyworld", model=GENERATOR)
+  asked = set()
   for qtype, question, answer, distractors, facts in _questions(world, rng):
+    if question in asked:  # an ambiguous question (two shapes fit it): ask it never
+      qas = [q for q in qas if q.question != question]
+      cots = [c for c in cots if c.question != question]
+      fakes = [c for c in fakes if c.question != question]
+      continue
+    asked.add(question)
     distractors = list(dict.fromkeys(d for d in distractors if d != answer))[:3]
     forms = [QARecord(video=video, question=question, answer=answer, question_type=qtype,
                       duration=world.duration, lineage=lineage)]

