@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "etils==1.15.0",
     "numpy>=2.0,<2.5",
     "tqdm>=4.66",
+    "tensorboard==2.21.0",  # event files for metrics (no TensorFlow needed)
 ]
 
 EXTRAS = {

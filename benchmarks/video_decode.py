@@ -110,6 +110,7 @@ def pipeline_table(steps):
   from flax import nnx
   from rewatch_jax.data import pipeline, records as R, tfds_rewatch, toyworld
   from rewatch_jax.models import Qwen25VL, get_preset
+  from rewatch_jax.train import sft
   spec = V.VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=8 * 56 * 56)
   tiny = get_preset("tiny")
   cfg = tiny.replace(text=tiny.text.__class__(**{**tiny.text.__dict__, "vocab_size": 151680}),
@@ -120,16 +121,15 @@ def pipeline_table(steps):
     read = lambda n: list(R.read_jsonl(os.path.join(tmp, "toy", f"train_{n}.jsonl")))
     for config, kind in (("caption", "caption"), ("qa", "qa"), ("cot", "cot")):
       tfds_rewatch.prepare(os.path.join(tmp, "prep"), config, read(kind), os.path.join(tmp, "toy"), spec)
-    buckets = [pipeline.Bucket(length=1024, patches=1024, frame_block=64)]
+    buckets = [pipeline.Bucket(length=1024, patches=1024, frame_block=64, loss_tokens=512)]
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
 
     @jax.jit
     def step(params, batch):
       def loss(p):
-        logits = nnx.merge(graphdef, p)(batch["inputs"])
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
-        return jnp.sum(nll * batch["weights"]) / jnp.maximum(1, batch["weights"].sum())
+        s, n, _, _ = sft.loss_sums(nnx.merge(graphdef, p), dict(batch, task=jnp.zeros(8, jnp.int32)), 3)
+        return s / jnp.maximum(n, 1)
       return jax.grad(loss)(params)
 
     print(f"\nGrain SFT pipeline vs the demo model's forward+backward (batch 8, {buckets[0]})")
@@ -142,7 +142,7 @@ def pipeline_table(steps):
       for _ in range(steps):
         batch = next(it)
       data_rate = steps / (time.perf_counter() - t0)
-      dev = {k: jax.tree.map(jnp.asarray, batch[k]) for k in ("inputs", "targets", "weights")}
+      dev = {k: jax.tree.map(jnp.asarray, batch[k]) for k in ("inputs", "loss_index", "loss_targets", "loss_weights")}
       jax.block_until_ready(step(params, dev))
       t0 = time.perf_counter()
       for _ in range(steps):

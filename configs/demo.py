@@ -1,27 +1,43 @@
-"""The embedded demo: a tiny Qwen2.5-VL-architecture model on CPU in minutes.
+"""The embedded demo: the ReWatch recipe on the procedural toy world, on a CPU, in minutes.
 
   python launch/train.py --config configs/demo.py --workdir /tmp/rewatch_demo
+  python launch/train.py --config configs/demo.py:sft ...   # the SFT stage alone (no evaluation)
 
-Until the SFT trainer lands, the demo builds the model, renders a small procedural video on the
-host, runs the processor and the jitted forward pass + next-token loss, and reports compile time,
-step time and tokens/s.
+Generates toy-world videos with exact captions/QA/CoT (if missing), prepares them with a small
+VideoSpec and the toy tokenizer, evaluates the random model on the held-out split, runs the
+multi-task SFT, evaluates again and prints the table. (GRPO joins when the RL issue lands.)
 """
 
-import ml_collections
+from configs.common import sft_config
+from rewatch_jax.data import toyworld
 
-from configs import models
 
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = models.get_config("tiny")
-  c.demo = ml_collections.ConfigDict(dict(
-      batch_size=2,
-      num_frames=8,  # frames per video (temporal patches of 2)
-      frame_size=112,  # pixels per side: 8x8 patches, 2x2 windows of merged tokens per frame
-      text_tokens=48,
-      steps=5,  # forward passes timed after compilation
-  ))
+def get_config(arg: str | None = None):
+  c = sft_config("tiny")
+  c.toyworld.videos, c.toyworld.seed, c.toyworld.test_fraction = 60, 0, 0.2
+  c.tokenizer = ""  # set to the toy tokenizer by the driver
+  # A small model of the same architecture; special ids are the toy tokenizer's (0..6).
+  ids = {t: i for i, t in enumerate(toyworld.SPECIAL_TOKENS)}
+  m = c.model
+  m.text.vocab_size, m.text.hidden_size, m.text.intermediate_size = 1024, 128, 384
+  m.text.num_hidden_layers, m.text.num_attention_heads, m.text.num_key_value_heads = 4, 4, 2
+  m.text.mrope_section = (4, 6, 6)
+  m.vision.depth, m.vision.hidden_size, m.vision.intermediate_size, m.vision.num_heads = 2, 64, 128, 2
+  m.vision.out_hidden_size, m.vision.fullatt_block_indexes = 128, (1,)
+  m.image_token_id, m.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+  m.vision_start_token_id, m.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
+  m.bos_token_id, m.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+  # 1 fps, <= 16 frames of 84x112: 12 visual tokens per frame pair.
+  c.video_spec.update(dict(fps=1.0, max_frames=16, min_pixels=84 * 112, max_pixels=84 * 112,
+                           total_pixels=16 * 84 * 112))
+  c.total_steps, c.checkpoint_every_steps, c.log_every_steps = 400, 100, 20
+  c.data.batch_size, c.data.workers, c.data.pad_id = 16, 0, ids["<|endoftext|>"]
+  c.data.buckets = [dict(length=512, patches=512, frame_block=64, loss_tokens=384)]
+  c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01))
+  c.eval.update(dict(enabled=True, before=True, batch_size=32, max_new_tokens=10,
+                     bucket=dict(length=512, patches=512, frame_block=64, loss_tokens=1)))
+  if arg == "sft":
+    c.eval.enabled = False
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (use :sft or nothing)")
   return c

@@ -71,3 +71,47 @@ def load_model(directory: str, step: int | None = None, mesh: jax.sharding.Mesh 
 
 def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
+
+
+class TrainCheckpointer:
+  """Training checkpoints in the same layout: `params` plus `opt_state`, `train_meta` (step, RNG,
+  non-finite streaks) and `data_iter` (the Grain iterator state, per process), saved together
+  as one step, asynchronously; the last `keep` are kept. Orbax finalises a step atomically, so a
+  run killed at any moment resumes from the last complete one."""
+
+  def __init__(self, directory: str, model_config: ModelConfig, keep: int = 3):
+    write_model_config(directory, model_config)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(epath.Path(directory).absolute(), options=options)
+
+  @staticmethod
+  def _split(state):
+    meta = {k: v for k, v in state.items() if k not in ("params", "opt_state")}
+    return nnx.to_pure_dict(state["params"]), state["opt_state"], meta
+
+  def save(self, step: int, state: dict, data_iter) -> None:
+    import grain
+    params, opt_state, meta = self._split(state)
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        train_meta=ocp.args.StandardSave(meta), data_iter=grain.checkpoint.CheckpointSave(data_iter)))
+
+  def restore_latest(self, state: dict, data_iter) -> dict | None:
+    """Restore the latest step into `state`'s structure and shardings (any device count) and the
+    data iterator in place; None when there is no checkpoint yet."""
+    import grain
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    abstract = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    params, opt_state, meta = self._split(state)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+        train_meta=ocp.args.StandardRestore(abstract(meta)), data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    new_params = jax.tree.map(lambda x: x, state["params"])
+    nnx.replace_by_pure_dict(new_params, out["params"])
+    return dict(params=new_params, opt_state=out["opt_state"], **out["train_meta"])
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()

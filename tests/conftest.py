@@ -14,3 +14,26 @@ def pytest_configure(config):
   # Grain worker processes read absl flags; outside app.run they must be marked parsed.
   from absl import flags
   flags.FLAGS.mark_as_parsed()
+
+
+def small_sft_config():
+  """The demo's SFT recipe shrunk to 4 toy videos and 6 steps of batch 8."""
+  from configs import demo
+  c = demo.get_config("sft")
+  c.toyworld.videos, c.toyworld.test_fraction = 4, 0.25
+  c.data.batch_size = 8
+  c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 6, 1, 2
+  return c
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+  """(workdir, prepared data dir, toy tokenizer) of a small toy world, built once per session."""
+  from rewatch_jax.train import driver
+  work = tmp_path_factory.mktemp("sftdata")
+  c = small_sft_config()
+  driver.prepare_toyworld(c, str(work))
+  return str(work), c.data.dir, c.tokenizer

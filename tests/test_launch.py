@@ -15,21 +15,26 @@ def _train(*args):
                         text=True, env=env, timeout=600)
 
 
-def test_demo_runs_and_writes_results(tmp_path):
-  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.demo.steps=1")
+def test_demo_runs_end_to_end(tmp_path):
+  """The README's main command, shrunk: toy data prepared, evaluated, trained, evaluated."""
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=3",
+               "--config.total_steps=3", "--config.log_every_steps=1", "--config.data.batch_size=4",
+               "--config.eval.limit=8", "--config.eval.batch_size=8")
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads((tmp_path / "demo_forward.json").read_text())
-  assert result["tokens_per_sec"] > 0 and abs(result["loss"] - result["uniform_loss"]) < 1.0
-  assert json.loads((tmp_path / "config.json").read_text())["demo"]["steps"] == 1
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["sft"]["steps"] == 3 and 0 <= results["after_sft"]["accuracy"] <= 1
+  assert "after_sft" in out.stdout and "chance" in out.stdout
+  assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
+  assert (tmp_path / "checkpoints" / "3").exists() and (tmp_path / "metrics.jsonl").exists()
 
 
 def test_mistyped_override_fails_at_start():
-  out = _train("--config", "configs/demo.py", "--config.demo.batch_sise=4")
+  out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.data.batch_sise=4")
   assert out.returncode != 0 and "batch_sise" in out.stderr
 
 
 def test_invalid_model_override_is_named():
-  out = _train("--config", "configs/demo.py", "--config.model.text.num_key_value_heads=3")
+  out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.model.text.num_key_value_heads=3")
   assert out.returncode != 0 and "num_key_value_heads" in out.stderr
 
 
@@ -56,3 +61,14 @@ def test_prepare_records_into_array_record(tmp_path):
   assert (tmp_path / "prep" / "rewatch" / "caption" / "1.0.0" / "prepare_report.json").exists()
   out = run("--records", "x.jsonl", "--out", str(tmp_path))
   assert out.returncode != 0 and "--records, --videos and --config" in out.stderr
+
+
+def test_sweep_dry_run_and_tpu_pod_command():
+  out = subprocess.run([sys.executable, "launch/sweep.py", "--config", "configs/sft_qwen2_5_vl_7b.py",
+                        "--workdir", "gs://b/sweep", "--tpu", "pod-1", "--zone", "us-east5-a"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 3 and "dry run: 3 runs" in out.stderr
+  assert lines[0].startswith("gcloud compute tpus tpu-vm ssh pod-1 --worker=all")
+  assert "--config.optimizer.learning_rate=5e-07" in lines[0] and "gs://b/sweep/learning_rate=5e-07_seed=0" in lines[0]

@@ -44,7 +44,10 @@ def test_sft_mixture_shapes_and_weights(data):
   for _ in range(6):
     b = next(it)
     assert b["inputs"].input_ids.shape == (4, 640) and b["inputs"].pixel_values.shape[:2] == (4, 512)
-    assert b["targets"].shape == (4, 640) and (b["weights"].sum(1) > 0).all()
+    assert b["loss_targets"].shape == (4, 640) and (b["loss_weights"].sum(1) > 0).all()
+    rows = np.arange(4)[:, None]
+    real = b["loss_weights"] > 0  # each trained target is the token after its index
+    np.testing.assert_array_equal(b["inputs"].input_ids[rows, b["loss_index"] + 1][real], b["loss_targets"][real])
     tasks.update(b["task"].tolist())
   assert tasks[1] > tasks[0] and tasks[1] > tasks[2] and len(tasks) == 3  # qa weighted 2:1:1
 
@@ -75,7 +78,7 @@ def test_processes_read_disjoint_slices(data, monkeypatch):
 
 def test_rl_and_eval_keep_ground_truth(data):
   batch = next(iter(pipeline.eval_dataset(_pc(data), _cfg(), "rl")))
-  assert batch["weights"].sum() == 0  # prompts only
+  assert batch["loss_weights"].sum() == 0  # prompts only
   assert all(batch["meta"]["caption"]) and all(batch["meta"]["answer"])
   rl = next(iter(pipeline.rl_dataset(_pc(data), _cfg())))
   assert rl["inputs"].input_ids.shape == (4, 640)

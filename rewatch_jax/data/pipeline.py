@@ -1,8 +1,10 @@
 """Grain pipelines from prepared ReWatch data to fixed-shape batches on the mesh.
 
 SFT mixes the caption / direct-QA / CoT sets by weight; RL yields prompts with their ground truth
-and caption (kept on the host for rewards); evaluation reads a set once, in order. Each process
-reads only its own slice of every set (`process_index::process_count`), shuffling is seeded, and
+and caption (kept on the host for rewards); evaluation reads a set once, in order. Every process
+builds the same seeded global order (shuffle, repeat, mix) and reads only its own slice of it
+(`process_index::process_count`), so global batch k holds the same examples whatever the number
+of processes (rows interleaved), and
 every batch is padded to one of a few static buckets (tokens, patch slots, frame block) so the
 trainer compiles once per bucket. Iterator state (`iterator.get_state()`) restores exactly.
 """
@@ -30,6 +32,7 @@ class Bucket:
   length: int  # tokens per example
   patches: int  # patch slots per example (a multiple of frame_block)
   frame_block: int  # patch slots per temporal patch (see models.positions.frame_slots)
+  loss_tokens: int = 0  # trained tokens per example (0: = length); logits are computed only there
 
 
 def source(data_dir: str, config: str) -> grain.MapDataset:
@@ -67,7 +70,8 @@ def _text(x) -> str:
 def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
   t, h, w = ex["video_grid_thw"]
   return (len(ex["input_ids"]) <= bucket.length and P.frame_slots(h, w, cfg.vision) <= bucket.frame_block
-          and t * bucket.frame_block <= bucket.patches)
+          and t * bucket.frame_block <= bucket.patches
+          and int(ex["loss_mask"].sum()) <= (bucket.loss_tokens or bucket.length))
 
 
 class Collate:
@@ -96,11 +100,17 @@ class Collate:
         video_grid_thw=np.stack([e["video_grid_thw"] for e in examples]),
         second_per_grid_ts=np.array([e["second_per_grid"] for e in examples], np.float32),
         pad_patches_to=bucket.patches, frame_block=bucket.frame_block)
-    targets = np.concatenate([ids[:, 1:], np.full((n, 1), self.pad_id)], 1).astype(np.int32)
-    weights = np.concatenate([mask[:, 1:], np.zeros((n, 1), bool)], 1).astype(np.float32)
+    # Next-token loss only where the target is a trained token: position j predicts token j + 1.
+    k = bucket.loss_tokens or bucket.length
+    loss_index = np.zeros((n, k), np.int32)
+    loss_targets = np.zeros((n, k), np.int32)
+    loss_weights = np.zeros((n, k), np.float32)
+    for i in range(n):
+      pos = np.nonzero(mask[i, 1:])[0]
+      loss_index[i, :len(pos)], loss_targets[i, :len(pos)], loss_weights[i, :len(pos)] = pos, ids[i, pos + 1], 1
     meta = {k: [e[k] for e in examples] for k in ("id", "answer", "caption", "question_type", "record")
             if k in examples[0]}
-    return dict(inputs=inputs, targets=targets, weights=weights,
+    return dict(inputs=inputs, loss_index=loss_index, loss_targets=loss_targets, loss_weights=loss_weights,
                 task=np.stack([e["task"] for e in examples]), meta=meta)
 
 
@@ -133,15 +143,15 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   unknown = set(pc.weights) - set(TASKS)
   if unknown:
     raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
-  parts = [_host_slice(source(pc.data_dir, t)).shuffle(pc.seed + i).repeat() for i, t in enumerate(tasks)]
+  parts = [source(pc.data_dir, t).shuffle(pc.seed + i).repeat() for i, t in enumerate(tasks)]
   mixed = grain.MapDataset.mix(parts, [pc.weights[t] for t in tasks])
-  return _finish(mixed, pc, cfg, {t: i for i, t in enumerate(TASKS)}, drop_remainder=True)
+  return _finish(_host_slice(mixed), pc, cfg, {t: i for i, t in enumerate(TASKS)}, drop_remainder=True)
 
 
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
-  ds = _host_slice(source(pc.data_dir, "rl")).shuffle(pc.seed).repeat()
-  return _finish(ds, pc, cfg, {}, drop_remainder=True)
+  ds = source(pc.data_dir, "rl").shuffle(pc.seed).repeat()
+  return _finish(_host_slice(ds), pc, cfg, {}, drop_remainder=True)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl") -> grain.IterDataset:
@@ -156,7 +166,7 @@ def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data
   inputs = ModelInputs(input_ids=spec(b), attention_mask=spec(b), positions=spec(None, b),
                        pixel_values=spec(b), vision_rotary_ids=spec(b), window_segment=spec(b),
                        frame_segment=spec(b), vision_token_index=spec(b), frame_block=frame_block)
-  return dict(inputs=inputs, targets=spec(b), weights=spec(b), task=spec(b))
+  return dict(inputs=inputs, loss_index=spec(b), loss_targets=spec(b), loss_weights=spec(b), task=spec(b))
 
 
 def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict]:

@@ -1,7 +1,8 @@
 """TFDS builder `rewatch`: JSONL records + a video folder -> ArrayRecord of decoded frames and tokens.
 
 Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), rl (thinking
-prompt without the answer, plus ground truth and the video's caption for the O&R reward). Frames
+prompt without the answer, plus ground truth and the video's caption for the O&R reward), and
+qa_eval (direct-answer prompt without the answer, plus ground truth). Frames
 are decoded once with the VideoSpec, stored resized (ZLIB-compressed uint8), and the spec's hash
 is written into the dataset metadata. No TensorFlow is needed to build or read.
 
@@ -27,8 +28,10 @@ from rewatch_jax.data.video import FrameCache, VideoSpec, load_video
 from rewatch_jax.models.configs import VisionConfig
 
 VERSION = "1.0.0"
-MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "rl": "thinking"}
-KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "rl": (R.QARecord,)}
+MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "rl": "thinking", "qa_eval": "direct"}
+KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "rl": (R.QARecord,),
+         "qa_eval": (R.QARecord,)}
+PROMPT_ONLY = ("rl", "qa_eval")  # generation prompt + ground truth, no assistant turn
 
 
 def _features(config: str) -> tfds.features.FeaturesDict:
@@ -43,7 +46,7 @@ def _features(config: str) -> tfds.features.FeaturesDict:
       "input_ids": t(shape=(None,), dtype=np.int32),
       "loss_mask": t(shape=(None,), dtype=np.bool_),
   }
-  if config == "rl":
+  if config in PROMPT_ONLY:
     feats.update(answer=tfds.features.Text(), caption=tfds.features.Text(),
                  question_type=tfds.features.Text())
   return tfds.features.FeaturesDict(feats)
@@ -62,7 +65,7 @@ def _decode(job_and_args):
   try:
     video = FrameCache(cache_dir).load(job.path, spec) if cache_dir else load_video(job.path, spec)
     tokenizer = chat.qwen_tokenizer(tokenizer_path)
-    rl = config == "rl"
+    rl = config in PROMPT_ONLY
     enc = chat.encode(tokenizer, chat.conversation(MODES[config], rec, video.duration, with_answer=not rl),
                       video_tokens=_video_tokens(video.frames.shape), add_generation_prompt=rl)
     ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(R.to_json(rec)),

@@ -378,9 +378,40 @@ def _falsify(text: str, rng) -> str:
   return text + " and a second identical copy appears"
 
 
+# The toy tokenizer's special tokens take ids 0..6 in this order (the demo model config uses them).
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
+
+
+def train_tokenizer(out_dir: str, vocab_size: int = 1024) -> str:
+  """A small byte-level BPE trained on the train split's prompts and targets, with Qwen's special
+  tokens (ids 0..6). The demo model uses it; the real-scale path uses the Qwen tokenizer."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from rewatch_jax.data import chat
+  from rewatch_jax.data.records import read_jsonl
+  texts = [chat.SYSTEM, chat.user_prompt("caption", 0)]
+  for name in ("caption", "qa", "cot"):
+    for r in read_jsonl(os.path.join(out_dir, f"train_{name}.jsonl")):
+      texts.append(r.text if r.kind == "caption" else chat.user_prompt("thinking", r.duration, r))
+      if r.kind != "caption":
+        texts += [chat.user_prompt("direct", r.duration, r), chat.target("direct", r)]
+      if r.kind == "cot":
+        texts.append(r.reasoning)
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+  path = os.path.join(out_dir, "tokenizer.json")
+  tok.save(path)
+  return path
+
+
 def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2) -> dict[str, int]:
-  """Write `count` videos under out_dir/videos and ReWatch JSONL files per split:
-  {split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl."""
+  """Write `count` videos under out_dir/videos, ReWatch JSONL files per split
+  ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl)
+  and the toy tokenizer (tokenizer.json)."""
   from rewatch_jax.data.records import write_jsonl
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
   n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
@@ -401,4 +432,5 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2) -
       fakes += f
     for name, recs in (("caption", caps), ("qa", qas), ("cot", cots), ("cot_hallucinated", fakes)):
       stats[f"{split}_{name}"] = write_jsonl(os.path.join(out_dir, f"{split}_{name}.jsonl"), recs)
+  train_tokenizer(out_dir)
   return stats

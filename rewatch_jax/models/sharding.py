@@ -43,13 +43,15 @@ def axis_rules(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES):
     _ACTIVE.reset(token)
 
 
-def logical_to_spec(names: Sequence[str | None], rules: Rules | dict) -> PartitionSpec:
+def logical_to_spec(names: Sequence[str | None], rules: Rules | dict,
+                    mesh_axes: Sequence[str] | None = None) -> PartitionSpec:
+  """Mesh axes absent from `mesh_axes` (e.g. no 'tensor' axis) leave that dimension unsharded."""
   table = dict(rules)
   used, out = set(), []
   for name in names:
     axes = table.get(name) if name is not None else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    axes = tuple(a for a in axes if a not in used)  # a mesh axis may shard one dimension only
+    axes = tuple(a for a in axes if a not in used and (mesh_axes is None or a in mesh_axes))
     used.update(axes)
     out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
   return PartitionSpec(*out)
@@ -60,12 +62,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   if active is None:
     return x
   mesh, rules = active
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh.axis_names)))
 
 
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES):
   """A NamedSharding for every variable of an nnx state, from its `logical_axes` metadata."""
   def one(v):
     names = getattr(v, "logical_axes", None) or (None,) * len(v.shape)
-    return NamedSharding(mesh, logical_to_spec(names, rules))
+    return NamedSharding(mesh, logical_to_spec(names, rules, mesh.axis_names))
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,41 @@
+"""The shape every training config shares (top-level total_steps, checkpoint_every_steps,
+log_every_steps), filled in by the recipe files."""
+
+import ml_collections
+
+from configs import models
+from rewatch_jax.data.video import VideoSpec
+
+
+def sft_config(size: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.epochs = 0.0  # > 0: total_steps = epochs * prepared examples / batch_size (set at start-up)
+  c.checkpoint_every_steps = 500
+  c.log_every_steps = 10
+  c.keep_checkpoints = 3
+  c.max_bad_steps = 5  # consecutive non-finite steps before the run stops
+  c.micro_batches = 1  # gradient accumulation: each step splits data.batch_size into this many
+  c.init_from_hf = ""  # a Hugging Face folder (local or gs://)
+  c.init_from_checkpoint = ""  # a rewatch-jax checkpoint directory
+  c.model = models.get_config(size)
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.video_spec = ml_collections.ConfigDict(VideoSpec().to_dict())
+  c.data = ml_collections.ConfigDict(dict(
+      dir="",  # prepared data (launch/prepare.py): caption, qa, cot configs
+      batch_size=64,  # global
+      weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0}),
+      # (tokens, patch slots, frame block, trained tokens): one compiled step per bucket
+      buckets=[dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)],
+      workers=8,
+      pad_id=151643,
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-6, warmup_steps=100, schedule="cosine", final_lr_fraction=0.0,
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, freeze_vision=False))
+  c.eval = ml_collections.ConfigDict(dict(
+      enabled=False, before=False, config="qa_eval", dir="", batch_size=8, max_new_tokens=32,
+      limit=0, bucket=dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=1)))
+  c.toyworld = ml_collections.ConfigDict(dict(videos=0, seed=0, test_fraction=0.2))  # the demo only
+  return c

@@ -1,0 +1,1 @@
+"""Rewards and answer checking shared by RL and evaluation."""

@@ -1,0 +1,1 @@
+"""Trainers: mesh, SFT, metrics."""

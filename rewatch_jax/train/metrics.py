@@ -1,0 +1,47 @@
+"""Metrics a person can plot: `<workdir>/metrics.jsonl` (one object per logged step) and
+TensorBoard event files (written without TensorFlow), plus a progress bar with ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from etils import epath
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled and bool(workdir)
+    self._tb = None
+    if self.enabled:
+      self.path = epath.Path(workdir) / "metrics.jsonl"
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._tb = EventFileWriter(os.fspath(epath.Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items() if v is not None}}) + "\n")
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+# Peak dense bf16 FLOP/s per chip, for MFU (device_kind prefixes as JAX reports them).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100": 312e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  return next((v for k, v in PEAK_FLOPS.items() if device_kind.startswith(k)), None)

@@ -1,0 +1,254 @@
+"""Multi-task SFT (caption + direct-answer QA + CoT) on a device mesh.
+
+Reads top to bottom like the algorithm: mesh -> model -> optimizer -> data -> restore -> loop.
+One jitted step per bucket with the train state donated; gradient accumulation is exact because
+the loss is summed over trained tokens and divided once by their total count; a step whose loss
+or gradient is not finite is not applied (and the run stops after `max_bad_steps` in a row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rewatch_jax import checkpoint as ckpt
+from rewatch_jax.data import pipeline
+from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
+from rewatch_jax.models.sharding import axis_rules, param_shardings
+from rewatch_jax.train import metrics as M
+from rewatch_jax.train.mesh import make_mesh
+
+TASK_NAMES = pipeline.TASKS
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+# ---- model and optimizer ----
+
+def build_model(config, mesh) -> Qwen25VL:
+  """From a Hugging Face folder, from a rewatch-jax checkpoint, or randomly initialised."""
+  from rewatch_jax import hf
+  if config.init_from_hf:
+    return hf.load_pretrained(config.init_from_hf, dtype=config.model.param_dtype, mesh=mesh,
+                              remat=config.model.remat)
+  runtime = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat)
+  if config.init_from_checkpoint:
+    return ckpt.load_model(config.init_from_checkpoint, mesh=mesh, **runtime)
+  model = Qwen25VL(ModelConfig.from_dict(config.model.to_dict()), rngs=nnx.Rngs(config.seed))
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+
+
+def make_optimizer(oc, total_steps: int, params) -> optax.GradientTransformation:
+  if oc.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, oc.learning_rate, oc.warmup_steps, max(total_steps, oc.warmup_steps + 1),
+                                            end_value=oc.learning_rate * oc.final_lr_fraction)
+  elif oc.schedule == "constant":
+    lr = optax.join_schedules([optax.linear_schedule(0.0, oc.learning_rate, oc.warmup_steps),
+                               optax.constant_schedule(oc.learning_rate)], [oc.warmup_steps])
+  else:
+    raise ValueError(f"optimizer.schedule must be cosine or constant, got {oc.schedule!r}")
+  tx = optax.chain(optax.clip_by_global_norm(oc.grad_clip),
+                   optax.adamw(lr, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay))
+  if oc.freeze_vision:
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if str(getattr(path[0], "key", path[0])) == "visual" else "train", params)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, lr
+
+
+# ---- loss ----
+
+def loss_sums(model: Qwen25VL, batch: dict[str, Any], num_tasks: int):
+  """Summed token NLL and token count (total and per task): (sum, count, task_sums, task_counts).
+  Logits are computed only at the trained positions (`loss_index`)."""
+  hidden = model(batch["inputs"], return_hidden=True)
+  h = jnp.take_along_axis(hidden, batch["loss_index"][..., None], axis=1)
+  logits = model.text.logits(h)  # fp32
+  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, batch["loss_targets"][..., None], -1)[..., 0]
+  w = batch["loss_weights"]
+  per_example = jnp.sum(nll * w, -1), jnp.sum(w, -1)
+  onehot = jax.nn.one_hot(batch["task"], num_tasks)
+  return per_example[0].sum(), per_example[1].sum(), per_example[0] @ onehot, per_example[1] @ onehot
+
+
+def _micro_batches(batch: dict[str, Any], accum: int) -> dict[str, Any]:
+  """(B, ...) -> (accum, B / accum, ...), taking rows with stride `accum` so every device keeps
+  its own rows (the batch dimension is sharded in contiguous blocks)."""
+  def split(x, axis=0):
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    return jnp.moveaxis(x, 1, axis + 1)
+  inputs: ModelInputs = batch["inputs"]
+  fields = {f.name: split(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)
+            if f.name not in ("positions", "frame_block")}
+  fields["positions"] = split(inputs.positions, axis=1)
+  out = {k: split(v) for k, v in batch.items() if k != "inputs"}
+  out["inputs"] = inputs.replace(**fields)
+  return out
+
+
+def make_train_step(graphdef, tx, accum: int, num_tasks: int, max_bad_steps: int):
+  def step(state, batch):
+    params = state["params"]
+
+    def micro(carry, mb):
+      grads, sums = carry
+      def f(p):
+        s, n, ts, tn = loss_sums(nnx.merge(graphdef, p), mb, num_tasks)
+        return s, (n, ts, tn)
+      (s, (n, ts, tn)), g = jax.value_and_grad(f, has_aux=True)(params)
+      grads = jax.tree.map(jnp.add, grads, g)
+      return (grads, jax.tree.map(jnp.add, sums, (s, n, ts, tn))), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    init = (zeros, (jnp.zeros(()), jnp.zeros(()), jnp.zeros(num_tasks), jnp.zeros(num_tasks)))
+    if accum == 1:
+      (grads, (s, n, ts, tn)), _ = micro(init, batch)
+    else:
+      (grads, (s, n, ts, tn)), _ = jax.lax.scan(micro, init, _micro_batches(batch, accum))
+    denom = jnp.maximum(n, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(s) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    streak = jnp.where(ok, jnp.zeros_like(state["bad_streak"]), state["bad_streak"] + 1)  # keep dtypes: no retrace
+    new_state = dict(params=keep(new_params, params), opt_state=keep(new_opt, state["opt_state"]),
+                     step=state["step"] + 1, rng=state["rng"], bad_streak=streak,
+                     max_bad_streak=jnp.maximum(state["max_bad_streak"], streak))
+    metrics = dict(loss=s / denom, tokens=n, input_tokens=jnp.sum(batch["inputs"].attention_mask),
+                   grad_norm=grad_norm, applied=ok.astype(jnp.float32),
+                   task_loss=ts / jnp.maximum(tn, 1.0), task_tokens=tn)
+    return new_state, metrics
+  return step
+
+
+def init_state(params, tx, mesh, seed: int):
+  """The train state (params, optimizer moments sharded like their params, replicated scalars)
+  and its shardings, which the jitted step keeps so it compiles once per bucket."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_state = jax.jit(tx.init)(params)
+  opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
+                           else jax.device_put(x, replicated), opt_state)
+  scalars = jax.device_put(dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
+                                bad_streak=jnp.zeros((), jnp.int32), max_bad_streak=jnp.zeros((), jnp.int32)),
+                           replicated)
+  state = dict(params=params, opt_state=opt_state, **scalars)
+  return state, jax.tree.map(lambda x: x.sharding, state)
+
+
+def jit_train_step(graphdef, tx, micro_batches: int, max_bad_steps: int, state_shardings):
+  return jax.jit(make_train_step(graphdef, tx, micro_batches, len(TASK_NAMES), max_bad_steps),
+                 donate_argnums=0, out_shardings=(state_shardings, None))
+
+
+# ---- the run ----
+
+@dataclasses.dataclass
+class Result:
+  step: int
+  losses: list[float]  # per step, for tests and reports
+  final_loss: float
+
+
+def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL, Result]:
+  mesh = make_mesh(dict(config.mesh))
+  dc = config.data
+  global_batch = dc.batch_size
+  if global_batch % jax.process_count() or global_batch % config.micro_batches:
+    raise ValueError(f"data.batch_size {global_batch} must divide by processes ({jax.process_count()}) "
+                     f"and micro_batches ({config.micro_batches})")
+  model = model if model is not None else build_model(config, mesh)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx, lr_schedule = make_optimizer(config.optimizer, config.total_steps, params)
+  state, state_shardings = init_state(params, tx, mesh, config.seed)
+
+  buckets = [pipeline.Bucket(**dict(b)) for b in dc.buckets]
+  pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=global_batch // jax.process_count(), buckets=buckets,
+                               weights=dict(dc.weights), seed=config.seed, workers=dc.workers,
+                               pad_id=dc.pad_id)
+  data = iter(pipeline.sft_dataset(pc, model.config))
+
+  manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints)
+  restored = manager.restore_latest(state, data)
+  if restored is not None:
+    state = jax.device_put(restored, state_shardings)
+  start = int(state["step"])
+
+  step_fn = jit_train_step(graphdef, tx, config.micro_batches, config.max_bad_steps, state_shardings)
+  writer = M.MetricWriter(workdir if jax.process_index() == 0 else "")
+  stop = {"flag": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+  losses, pending, t_log = [], [], time.perf_counter()
+  progress = _progress(start, config.total_steps)
+  try:
+    step = start
+    while step < config.total_steps:
+      host = next(data)
+      batch, meta = pipeline.to_global(host, mesh)
+      with axis_rules(mesh):
+        state, m = step_fn(state, batch)
+      step += 1
+      pending.append((step, m, meta["id"]))
+      last = step == config.total_steps
+      if step % config.log_every_steps == 0 or last or stop["flag"]:
+        losses += _log(pending, writer, lr_schedule, progress, time.perf_counter() - t_log, state, config)
+        pending, t_log = [], time.perf_counter()
+      if step % config.checkpoint_every_steps == 0 or last or stop["flag"]:
+        manager.save(step, state, data)
+      if stop["flag"]:
+        print(f"SIGTERM: saved step {step}, stopping")
+        break
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    manager.wait()
+    writer.close()
+    progress.close()
+  model = nnx.merge(graphdef, state["params"], rest)
+  return model, Result(step=int(state["step"]), losses=losses, final_loss=losses[-1] if losses else float("nan"))
+
+
+def _progress(start, total):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, desc="sft", unit="step", dynamic_ncols=True,
+              disable=jax.process_index() != 0)
+
+
+def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list[float]:
+  """Fetch the interval's metrics in one transfer, write them, check for non-finite steps."""
+  fetched = jax.device_get([m for _, m, _ in pending])
+  losses = []
+  for (step, _, ids), m in zip(pending, fetched):
+    if not m["applied"]:
+      print(f"step {step}: non-finite loss/gradient (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+            f"update skipped; batch ids {ids[:8]}")
+    losses.append(float(m["loss"]))
+  tokens = sum(float(m["input_tokens"]) for m in fetched)
+  m = fetched[-1]
+  step = pending[-1][0]
+  row = dict(loss=float(np.mean([float(x["loss"]) for x in fetched])), learning_rate=float(lr_schedule(step - 1)),
+             grad_norm=float(m["grad_norm"]), tokens_per_sec=tokens / max(seconds, 1e-9),
+             skipped_steps=float(sum(1 - x["applied"] for x in fetched)))
+  for i, name in enumerate(TASK_NAMES):
+    n = sum(float(x["task_tokens"][i]) for x in fetched)
+    if n:
+      row[f"loss_{name}"] = sum(float(x["task_loss"][i] * x["task_tokens"][i]) for x in fetched) / n
+  writer.write(step, row)
+  progress.update(len(pending))
+  progress.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}")
+  if int(jax.device_get(state["max_bad_streak"])) >= config.max_bad_steps:
+    raise NonFiniteLossError(f"{config.max_bad_steps} consecutive steps with a non-finite loss or gradient "
+                             f"(last at step {step}); the last checkpoint holds the state before them")
+  return losses

@@ -1,0 +1,47 @@
+"""The answer parser's rules, and greedy generation against step-by-step decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rewatch_jax.rewards.answers import choice_letter, extract_answer, is_correct
+
+OPTS = ("red", "green", "blue", "black")
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("<answer>B</answer>", True), ("think <answer>A</answer> no wait <answer>(B)</answer>", True),
+    ("<answer>B. green</answer>", True), ("<answer>Option B</answer>", True), ("<answer>green</answer>", True),
+    ("<answer>C</answer>", False), ("<answer>a red one</answer>", None), ("<answer></answer>", None),
+    ("B", None), ("<answer>E</answer>", None),
+])
+def test_mc_parsing(response, expected):
+  assert is_correct(response, "B", "mc", OPTS) == expected
+
+
+def test_open_and_article_rules():
+  assert is_correct("<answer>The Door.</answer>", "door", "open") is True
+  assert is_correct("<answer>3</answer>", "4", "open") is False
+  assert extract_answer("no tags") is None
+  assert choice_letter("a", OPTS) is None and choice_letter("A", OPTS) == "A" and choice_letter("(a)", OPTS) == "A"
+
+
+def test_greedy_generate_matches_manual_decoding():
+  from tests.hf_reference import make_batch, tiny_config
+  from rewatch_jax.models import KVCache, Qwen25VL, from_hf_inputs
+  from rewatch_jax.sampling import greedy_generate
+  cfg = tiny_config()
+  model = Qwen25VL(cfg, rngs=nnx.Rngs(3))
+  batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2]], seed=4)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
+  out = np.asarray(greedy_generate(model, inputs, 5, eos_id=10_000))  # no EOS in this vocab
+  # manual: append the argmax token and run the full model again each time
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  for k in range(5):
+    full = from_hf_inputs(cfg, **dict(batch, input_ids=ids, attention_mask=mask))
+    nxt = np.asarray(model(jax.tree.map(jnp.asarray, full)))[:, -1].argmax(-1)
+    np.testing.assert_array_equal(out[:, k], nxt)
+    ids = np.concatenate([ids, nxt[:, None]], 1)
+    mask = np.concatenate([mask, np.ones((2, 1), mask.dtype)], 1)

@@ -1,0 +1,49 @@
+"""Two processes on localhost (gloo CPU collectives, 4 devices each) train on the 8-device global
+mesh: per-step losses equal one process with 8 devices on the same data."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(workdir, data_dir, tokenizer, extra=()):
+  return [sys.executable, "launch/train.py", "--config", "configs/demo.py:sft", "--workdir", workdir,
+          "--config.total_steps=4", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+          "--config.toyworld.videos=0", f"--config.data.dir={data_dir}", f"--config.tokenizer={tokenizer}",
+          "--config.data.batch_size=8", "--config.mesh.data=4", "--config.mesh.fsdp=2", *extra]
+
+
+def _env(devices):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
+
+
+def test_two_processes_match_one(prepared, tmp_path):
+  _, data_dir, tokenizer = prepared
+  single = str(tmp_path / "single")
+  out = subprocess.run(_cmd(single, data_dir, tokenizer), cwd=ROOT, env=_env(8), capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  multi = str(tmp_path / "multi")
+  procs = [subprocess.Popen(_cmd(multi, data_dir, tokenizer, [f"--coordinator_address=127.0.0.1:{port}",
+                                                              "--num_processes=2", f"--process_id={i}"]),
+                            cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  a, b = _losses(single), _losses(multi)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  for step in a:
+    assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])

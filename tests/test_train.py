@@ -1,0 +1,136 @@
+"""The SFT trainer: exact accumulation, sharding, non-finite guard, compile count, metrics,
+checkpoints across device counts, and bit-exact resume after kill -9 of the real command."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import demo
+from rewatch_jax import checkpoint as ckpt
+from rewatch_jax.data import pipeline
+from rewatch_jax.models import ModelConfig
+from rewatch_jax.train import driver, sft
+from rewatch_jax.train.mesh import make_mesh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+from tests.conftest import small_sft_config as small_config  # noqa: E402
+
+
+def _setup(c, data_dir, mesh_axes, accum=1):
+  c.data.dir = data_dir
+  n = int(np.prod(list(mesh_axes.values()))) if -1 not in mesh_axes.values() else len(jax.devices())
+  mesh = make_mesh(mesh_axes, jax.devices()[:n])
+  model = sft.build_model(c, mesh)
+  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+  tx, _ = sft.make_optimizer(c.optimizer, 10, params)
+  state, shardings = sft.init_state(params, tx, mesh, 0)
+  step = sft.jit_train_step(graphdef, tx, accum, c.max_bad_steps, shardings)
+  buckets = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
+  pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=8, buckets=buckets, pad_id=c.data.pad_id)
+  it = iter(pipeline.sft_dataset(pc, ModelConfig.from_dict(c.model.to_dict())))
+  return mesh, state, step, it
+
+
+def test_accumulation_and_sharding_are_exact(prepared):
+  _, data_dir, _ = prepared
+  results = []
+  for axes, accum in (({"data": 1, "fsdp": 1, "tensor": 1}, 1), ({"data": 1, "fsdp": 1, "tensor": 1}, 4),
+                      ({"data": 2, "fsdp": 2, "tensor": 2}, 2), ({"data": 1, "fsdp": 4, "tensor": 2}, 1)):
+    c = small_config()
+    mesh, state, step, it = _setup(c, data_dir, axes, accum)
+    batch, _ = pipeline.to_global(next(it), mesh)
+    from rewatch_jax.models.sharding import axis_rules
+    with axis_rules(mesh):
+      new, m = step(state, batch)
+    results.append((float(m["loss"]), np.asarray(new["params"]["text"]["layers"][0]["mlp"]["gate"]["kernel"][...])))
+  for loss, kernel in results[1:]:
+    assert abs(loss - results[0][0]) < 1e-5
+    np.testing.assert_allclose(kernel, results[0][1], atol=1e-6)
+
+
+def test_one_compilation_for_many_steps_and_nonfinite_guard(prepared):
+  _, data_dir, _ = prepared
+  c = small_config()
+  mesh, state, step, it = _setup(c, data_dir, {"data": -1, "fsdp": 1, "tensor": 1})
+  for _ in range(4):  # videos of different lengths and sizes, one bucket
+    batch, _ = pipeline.to_global(next(it), mesh)
+    state, m = step(state, batch)
+  assert step._cache_size() == 1 and float(m["applied"]) == 1
+  before = jax.tree.map(np.array, jax.device_get(state["params"]))  # the step donates its input
+  inputs = batch["inputs"].replace(pixel_values=batch["inputs"].pixel_values * jnp.nan)
+  for k in range(2):
+    state, m = step(state, dict(batch, inputs=inputs))
+    assert float(m["applied"]) == 0 and int(state["bad_streak"]) == k + 1
+  after = jax.device_get(state["params"])
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)  # poisoned updates are never applied
+  state, m = step(state, batch)
+  assert int(state["bad_streak"]) == 0 and int(state["max_bad_streak"]) == 2 and step._cache_size() == 1
+
+
+def test_train_writes_metrics_and_restores_on_another_device_count(prepared, tmp_path):
+  _, data_dir, tokenizer = prepared
+  c = small_config()
+  c.data.dir, c.tokenizer = data_dir, tokenizer
+  c.mesh.data, c.mesh.fsdp = 2, 4
+  model, result = sft.train(c, str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == list(range(1, 7))
+  for key in ("loss", "loss_caption", "learning_rate", "grad_norm", "tokens_per_sec"):
+    assert key in rows[-1] or key == "loss_caption"
+  assert list((tmp_path / "tensorboard").iterdir())
+  assert result.losses[-1] < result.losses[0]
+  # restore the final checkpoint's parameters onto 4 devices
+  restored = ckpt.load_model(str(tmp_path / "checkpoints"), mesh=make_mesh({"data": 1, "fsdp": 4}, jax.devices()[:4]))
+  a = restored.text.layers[1].self_attn.q_proj.kernel[...]
+  assert len(a.sharding.device_set) == 4
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(model.text.layers[1].self_attn.q_proj.kernel[...]))
+
+
+def _train_cmd(workdir, data_dir, tokenizer, steps):
+  return [sys.executable, "launch/train.py", "--config", "configs/demo.py:sft", "--workdir", workdir,
+          f"--config.total_steps={steps}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+          "--config.toyworld.videos=0", f"--config.data.dir={data_dir}", f"--config.tokenizer={tokenizer}",
+          "--config.data.batch_size=8"]
+
+
+def _losses(workdir):
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    row = json.loads(line)
+    out[row["step"]] = row["loss"]  # a resumed run rewrites the steps after its checkpoint
+  return out
+
+
+def test_kill_9_and_resume_is_bit_exact(prepared, tmp_path):
+  _, data_dir, tokenizer = prepared
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  ref = str(tmp_path / "ref")
+  out = subprocess.run(_train_cmd(ref, data_dir, tokenizer, 8), cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = str(tmp_path / "run")
+  proc = subprocess.Popen(_train_cmd(run, data_dir, tokenizer, 8), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and not os.path.exists(os.path.join(run, "checkpoints", "4")):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(os.path.join(run, "checkpoints", "4")), "the run never reached step 4"
+  out = subprocess.run(_train_cmd(run, data_dir, tokenizer, 8), cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert _losses(run) == _losses(ref)  # bit-exact, step by step
