@@ -35,7 +35,7 @@ def _setup(c, data_dir, mesh_axes, accum=1):
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   tx, _ = sft.make_optimizer(c.optimizer, 10, params)
   state, shardings = sft.init_state(params, tx, mesh, 0)
-  step = sft.jit_train_step(graphdef, tx, accum, c.max_bad_steps, shardings)
+  step = sft.jit_train_step(graphdef, tx, accum, shardings)
   buckets = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=8, buckets=buckets, pad_id=c.data.pad_id)
   it = iter(pipeline.sft_dataset(pc, ModelConfig.from_dict(c.model.to_dict())))
@@ -134,3 +134,22 @@ def test_kill_9_and_resume_is_bit_exact(prepared, tmp_path):
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert _losses(run) == _losses(ref)  # bit-exact, step by step
+
+
+def test_sigterm_saves_and_stops(prepared, tmp_path):
+  _, data_dir, tokenizer = prepared
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  run = str(tmp_path / "run")
+  cmd = _train_cmd(run, data_dir, tokenizer, 200)
+  cmd[cmd.index("--config.checkpoint_every_steps=2")] = "--config.checkpoint_every_steps=100"
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  metrics = os.path.join(run, "metrics.jsonl")
+  while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  saved = [int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit()]
+  assert "SIGTERM: saved step" in out and saved and 3 <= max(saved) < 100

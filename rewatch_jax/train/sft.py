@@ -98,7 +98,7 @@ def _micro_batches(batch: dict[str, Any], accum: int) -> dict[str, Any]:
   return out
 
 
-def make_train_step(graphdef, tx, accum: int, num_tasks: int, max_bad_steps: int):
+def make_train_step(graphdef, tx, accum: int, num_tasks: int):
   def step(state, batch):
     params = state["params"]
 
@@ -149,8 +149,8 @@ def init_state(params, tx, mesh, seed: int):
   return state, jax.tree.map(lambda x: x.sharding, state)
 
 
-def jit_train_step(graphdef, tx, micro_batches: int, max_bad_steps: int, state_shardings):
-  return jax.jit(make_train_step(graphdef, tx, micro_batches, len(TASK_NAMES), max_bad_steps),
+def jit_train_step(graphdef, tx, micro_batches: int, state_shardings):
+  return jax.jit(make_train_step(graphdef, tx, micro_batches, len(TASK_NAMES)),
                  donate_argnums=0, out_shardings=(state_shardings, None))
 
 
@@ -187,11 +187,11 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
     state = jax.device_put(restored, state_shardings)
   start = int(state["step"])
 
-  step_fn = jit_train_step(graphdef, tx, config.micro_batches, config.max_bad_steps, state_shardings)
+  step_fn = jit_train_step(graphdef, tx, config.micro_batches, state_shardings)
   writer = M.MetricWriter(workdir if jax.process_index() == 0 else "")
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-  losses, pending, t_log = [], [], time.perf_counter()
+  losses, pending, t_log, flops = [], [], time.perf_counter(), None
   progress = _progress(start, config.total_steps)
   try:
     step = start
@@ -199,12 +199,14 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
       host = next(data)
       batch, meta = pipeline.to_global(host, mesh)
       with axis_rules(mesh):
+        if flops is None:
+          flops = _step_flops(step_fn, state, batch)
         state, m = step_fn(state, batch)
       step += 1
       pending.append((step, m, meta["id"]))
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or stop["flag"]:
-        losses += _log(pending, writer, lr_schedule, progress, time.perf_counter() - t_log, state, config)
+        losses += _log(pending, writer, lr_schedule, progress, time.perf_counter() - t_log, state, config, flops)
         pending, t_log = [], time.perf_counter()
       if step % config.checkpoint_every_steps == 0 or last or stop["flag"]:
         manager.save(step, state, data)
@@ -226,7 +228,17 @@ def _progress(start, total):
               disable=jax.process_index() != 0)
 
 
-def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list[float]:
+def _step_flops(step_fn, state, batch) -> float:
+  """FLOPs of one step, counted by XLA's cost analysis of the lowered program (0 if unavailable)."""
+  try:
+    cost = step_fn.lower(state, batch).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+  except Exception:  # cost analysis is best-effort across backends
+    return 0.0
+
+
+def _log(pending, writer, lr_schedule, progress, seconds, state, config, flops=0.0) -> list[float]:
   """Fetch the interval's metrics in one transfer, write them, check for non-finite steps."""
   fetched = jax.device_get([m for _, m, _ in pending])
   losses = []
@@ -241,6 +253,9 @@ def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list
   row = dict(loss=float(np.mean([float(x["loss"]) for x in fetched])), learning_rate=float(lr_schedule(step - 1)),
              grad_norm=float(m["grad_norm"]), tokens_per_sec=tokens / max(seconds, 1e-9),
              skipped_steps=float(sum(1 - x["applied"] for x in fetched)))
+  peak = M.peak_flops(jax.devices()[0].device_kind)
+  if flops and peak:
+    row["mfu"] = flops * len(fetched) / max(seconds, 1e-9) / (peak * jax.device_count())
   for i, name in enumerate(TASK_NAMES):
     n = sum(float(x["task_tokens"][i]) for x in fetched)
     if n:

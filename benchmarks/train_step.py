@@ -1,0 +1,190 @@
+r"""SFT train step (forward, backward, clip, AdamW): ours against Hugging Face's torch model with
+torch AdamW, same weights and inputs; plus the number of XLA compilations over 50 steps of mixed
+video lengths in one bucket (must be 1).
+
+  python benchmarks/train_step.py [--steps 3] [--compile_steps 50]
+
+Inputs: batch 2 x (16-frame 224x224 video + 128 text tokens), the last 64 text tokens trained
+(SFT masks: HF gets labels=-100 elsewhere, we compute logits only at trained positions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from model_forward import bench_config, make_inputs  # noqa: E402
+
+TRAINED = 64
+
+
+def loss_arrays(ids: np.ndarray):
+  b, length = ids.shape
+  pos = np.arange(length - 1 - TRAINED, length - 1)
+  return (np.tile(pos, (b, 1)).astype(np.int32), ids[:, pos + 1].astype(np.int32),
+          np.ones((b, TRAINED), np.float32))
+
+
+def run_jax(hf_dir, args):
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from flax import nnx
+  from rewatch_jax import hf
+  from rewatch_jax.models import from_hf_inputs
+  from rewatch_jax.train import sft
+  from rewatch_jax.train.mesh import make_mesh
+  model = hf.load_pretrained(hf_dir)
+  raw = make_inputs(model.config, args.frames, args.size)
+  index, targets, weights = loss_arrays(raw["input_ids"])
+  batch = dict(inputs=from_hf_inputs(model.config, **raw), loss_index=index, loss_targets=targets,
+               loss_weights=weights, task=np.ones(len(index), np.int32))
+  batch = jax.tree.map(jnp.asarray, batch)
+  mesh = make_mesh({"data": 1}, jax.devices()[:1])
+  oc = ml_collections.ConfigDict(dict(learning_rate=1e-5, warmup_steps=0, schedule="constant",
+                                      final_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                      grad_clip=1.0, freeze_vision=False))
+  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+  tx, _ = sft.make_optimizer(oc, 100, params)
+  state, shardings = sft.init_state(params, tx, mesh, 0)
+  step = sft.jit_train_step(graphdef, tx, 1, shardings)
+  t0 = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return first, times, int(raw["input_ids"].size)
+
+
+def run_torch(hf_dir, args):
+  import torch
+  import transformers
+  torch.set_num_threads(os.cpu_count())
+  model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).train()
+  cfg = bench_config()
+  raw = make_inputs(cfg, args.frames, args.size)
+  batch = {k: torch.from_numpy(v) for k, v in raw.items()}
+  labels = torch.full_like(batch["input_ids"], -100)
+  labels[:, -TRAINED:] = batch["input_ids"][:, -TRAINED:]
+  types = torch.zeros_like(batch["input_ids"])
+  types[batch["input_ids"] == cfg.video_token_id] = 2
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    model(**batch, mm_token_type_ids=types, labels=labels).loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+  t0 = time.perf_counter()
+  step()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return first, times, int(batch["input_ids"].numel())
+
+
+def compile_count(steps: int) -> int:
+  """Train-step compilations over `steps` batches of different video grids in one bucket."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from flax import nnx
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs, get_preset
+  from rewatch_jax.train import sft
+  from rewatch_jax.train.mesh import make_mesh
+  cfg = get_preset("tiny")
+  rng = np.random.default_rng(0)
+  oc = ml_collections.ConfigDict(dict(learning_rate=1e-4, warmup_steps=0, schedule="constant",
+                                      final_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                      grad_clip=1.0, freeze_vision=False))
+  graphdef, params, _ = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+  tx, _ = sft.make_optimizer(oc, steps, params)
+  state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
+  step = sft.jit_train_step(graphdef, tx, 1, shardings)
+  for _ in range(steps):
+    t, h, w = int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5))
+    n = t * h * w // 4
+    ids = np.concatenate([rng.integers(0, 400, 5), [cfg.vision_start_token_id], [cfg.video_token_id] * n,
+                          [cfg.vision_end_token_id], rng.integers(0, 400, 10)])[None]
+    ids = np.pad(ids, ((0, 0), (0, 128 - ids.shape[1])))
+    mask = (np.arange(128) < 17 + n)[None].astype(np.int64)
+    inputs = from_hf_inputs(cfg, input_ids=ids, attention_mask=mask,
+                            pixel_values_videos=rng.standard_normal((t * h * w, cfg.vision.patch_dim), np.float32),
+                            video_grid_thw=np.array([[t, h, w]]), second_per_grid_ts=np.array([1.0]),
+                            pad_patches_to=256, frame_block=64)
+    index = np.arange(6 + n, 15 + n, dtype=np.int32)[None]
+    batch = dict(inputs=inputs, loss_index=index, loss_targets=ids[:, index[0] + 1].astype(np.int32),
+                 loss_weights=np.ones_like(index, np.float32), task=np.ones(1, np.int32))
+    state, _ = step(state, jax.tree.map(jnp.asarray, batch))
+  return step._cache_size()
+
+
+def child(args):
+  first, times, tokens = (run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args)
+  print(json.dumps(dict(first=first, times=times, tokens=tokens,
+                        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--compile_steps", type=int, default=50)
+  p.add_argument("--frames", type=int, default=16)
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--impl", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--hf_dir", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.impl:
+    return child(args)
+  import jax
+  from flax import nnx
+  from rewatch_jax import hf
+  from rewatch_jax.models import Qwen25VL
+  model = Qwen25VL(bench_config(), rngs=nnx.Rngs(0))
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  rows = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    hf.save_pretrained(model, tmp)
+    for impl in ("jax", "torch"):
+      cmd = [sys.executable, __file__, "--impl", impl, "--hf_dir", tmp, "--steps", str(args.steps),
+             "--frames", str(args.frames), "--size", str(args.size)]
+      out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+      if out.returncode:
+        sys.exit(f"{impl} failed:\n{out.stderr[-4000:]}")
+      rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+  print(f"SFT train step (fwd + bwd + clip + AdamW), {n_params / 1e6:.1f}M params, "
+        f"{rows['jax']['tokens']} tokens/step ({TRAINED} trained per example), fp32, CPU ({os.cpu_count()} cores)")
+  print(f"{'impl':<22}{'tokens/s':>10}{'step s':>9}{'first step s':>14}{'peak RSS MB':>13}")
+  for impl, name in (("jax", "rewatch-jax"), ("torch", "HF + torch AdamW")):
+    r = rows[impl]
+    step = sorted(r["times"])[len(r["times"]) // 2]
+    r["tps"] = r["tokens"] / step
+    print(f"{name:<22}{r['tps']:>10.0f}{step:>9.2f}{r['first']:>14.2f}{r['peak_mb']:>13.0f}")
+  print(f"speed-up (ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
+  print(f"XLA compilations of the train step over {args.compile_steps} steps of mixed video grids "
+        f"(1 bucket): {compile_count(args.compile_steps)}")
+
+
+if __name__ == "__main__":
+  main()
