@@ -14,13 +14,15 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from common import print_comparison, run_children  # noqa: E402
 
 
 def bench_config():
@@ -136,24 +138,11 @@ def main():
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   with tempfile.TemporaryDirectory() as tmp:
     hf.save_pretrained(model, tmp)
-    rows = {}
-    for impl in ("jax", "torch"):
-      cmd = [sys.executable, __file__, "--impl", impl, "--hf_dir", tmp, "--steps", str(args.steps),
-             "--frames", str(args.frames), "--size", str(args.size)]
-      env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-      out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-      if out.returncode:
-        sys.exit(f"{impl} run failed:\n{out.stderr[-4000:]}")
-      rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = run_children(__file__, tmp, ["--steps", str(args.steps), "--frames", str(args.frames),
+                                        "--size", str(args.size)])
   print(f"model: {n_params / 1e6:.1f}M params; batch 2 x ({args.frames} frames at {args.size}px + 128 text)"
         f" = {rows['jax']['tokens']} tokens; forward+backward, fp32, CPU ({os.cpu_count()} cores)")
-  print(f"{'impl':<22}{'tokens/s':>10}{'step s':>9}{'first step s':>14}{'peak RSS MB':>13}")
-  for impl, name in (("jax", "rewatch-jax (XLA)"), ("torch", "HF transformers")):
-    r = rows[impl]
-    step = sorted(r["times"])[len(r["times"]) // 2]
-    r["tps"] = r["tokens"] / step
-    print(f"{name:<22}{r['tps']:>10.0f}{step:>9.2f}{r['first']:>14.2f}{r['peak_mb']:>13.0f}")
-  print(f"speed-up (tokens/s ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
+  print_comparison(rows, {"jax": "rewatch-jax (XLA)", "torch": "HF transformers"})
 
 
 if __name__ == "__main__":

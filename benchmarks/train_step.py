@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+from common import print_comparison, run_children  # noqa: E402
 from model_forward import bench_config, make_inputs  # noqa: E402
 
 TRAINED = 64
@@ -163,25 +163,13 @@ def main():
   from rewatch_jax.models import Qwen25VL
   model = Qwen25VL(bench_config(), rngs=nnx.Rngs(0))
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  rows = {}
   with tempfile.TemporaryDirectory() as tmp:
     hf.save_pretrained(model, tmp)
-    for impl in ("jax", "torch"):
-      cmd = [sys.executable, __file__, "--impl", impl, "--hf_dir", tmp, "--steps", str(args.steps),
-             "--frames", str(args.frames), "--size", str(args.size)]
-      out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
-      if out.returncode:
-        sys.exit(f"{impl} failed:\n{out.stderr[-4000:]}")
-      rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = run_children(__file__, tmp, ["--steps", str(args.steps), "--frames", str(args.frames),
+                                        "--size", str(args.size)])
   print(f"SFT train step (fwd + bwd + clip + AdamW), {n_params / 1e6:.1f}M params, "
         f"{rows['jax']['tokens']} tokens/step ({TRAINED} trained per example), fp32, CPU ({os.cpu_count()} cores)")
-  print(f"{'impl':<22}{'tokens/s':>10}{'step s':>9}{'first step s':>14}{'peak RSS MB':>13}")
-  for impl, name in (("jax", "rewatch-jax"), ("torch", "HF + torch AdamW")):
-    r = rows[impl]
-    step = sorted(r["times"])[len(r["times"]) // 2]
-    r["tps"] = r["tokens"] / step
-    print(f"{name:<22}{r['tps']:>10.0f}{step:>9.2f}{r['first']:>14.2f}{r['peak_mb']:>13.0f}")
-  print(f"speed-up (ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
+  print_comparison(rows, {"jax": "rewatch-jax", "torch": "HF + torch AdamW"})
   print(f"XLA compilations of the train step over {args.compile_steps} steps of mixed video grids "
         f"(1 bucket): {compile_count(args.compile_steps)}")
 

@@ -39,3 +39,31 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       limit=0, bucket=dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=1)))
   c.toyworld = ml_collections.ConfigDict(dict(videos=0, seed=0, test_fraction=0.2))  # the demo only
   return c
+
+
+def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
+  """ReWatch-R1's SFT of a published Qwen2.5-VL size; `arg == "tiny"` swaps in the tiny model
+  and a CPU-sized run of the same recipe."""
+  c = sft_config(size)
+  c.epochs = 10.0
+  c.mesh.fsdp = -1  # FSDP over all chips; add tensor parallelism with --config.mesh.tensor=N
+  c.mesh.data = 1
+  c.model.param_dtype = "bfloat16"
+  c.model.dtype = "bfloat16"
+  c.model.remat = "full"
+  if arg == "tiny":
+    c.model = sft_config("tiny").model
+    c.data.batch_size = 8
+    c.data.workers = 0
+    c.data.buckets = [dict(length=1024, patches=1024, frame_block=64, loss_tokens=256)]
+    c.eval.bucket = dict(length=1024, patches=1024, frame_block=64, loss_tokens=1)
+    c.total_steps, c.epochs, c.checkpoint_every_steps = 20, 0.0, 10
+    c.mesh.fsdp, c.mesh.data = 1, -1
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (use :tiny or nothing)")
+  return c
+
+
+def lr_sweep():
+  """big_vision-style grid: launch/sweep.py expands it into --config.x=y overrides."""
+  return [{"config.optimizer.learning_rate": lr, "config.seed": s} for lr in (5e-7, 1e-6, 2e-6) for s in (0,)]

@@ -6,34 +6,15 @@
 
 Paper settings (REWATCH_METHOD.md sec. 5): 16k context, video at 2 fps, <= 192 frames of
 128*28*28 pixels, AdamW, lr 1e-6 (reported inconsistently), grad clip 1.0, global batch 64,
-10 epochs.
+10 epochs. The recipe itself is configs/common.py:sft_recipe.
 """
 
-from configs.common import sft_config
+from configs.common import lr_sweep, sft_recipe
 
 
 def get_config(arg: str | None = None):
-  c = sft_config("7b")
-  c.epochs = 10.0
-  c.mesh.fsdp = -1  # FSDP over all chips; add tensor parallelism with --config.mesh.tensor=N
-  c.mesh.data = 1
-  c.model.param_dtype = "bfloat16"
-  c.model.dtype = "bfloat16"
-  c.model.remat = "full"
-  if arg == "tiny":
-    tiny = sft_config("tiny")
-    c.model = tiny.model
-    c.data.batch_size = 8
-    c.data.workers = 0
-    c.data.buckets = [dict(length=1024, patches=1024, frame_block=64, loss_tokens=256)]
-    c.eval.bucket = dict(length=1024, patches=1024, frame_block=64, loss_tokens=1)
-    c.total_steps, c.epochs, c.checkpoint_every_steps = 20, 0.0, 10
-    c.mesh.fsdp, c.mesh.data = 1, -1
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} (use :tiny or nothing)")
-  return c
+  return sft_recipe("7b", arg)
 
 
 def sweep():
-  """big_vision-style grid: launch/sweep.py expands it into --config.x=y overrides."""
-  return [{"config.optimizer.learning_rate": lr, "config.seed": s} for lr in (5e-7, 1e-6, 2e-6) for s in (0,)]
+  return lr_sweep()

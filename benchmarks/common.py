@@ -1,0 +1,32 @@
+"""Shared by the benchmark scripts: run each implementation in its own process, print the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def run_children(script: str, hf_dir: str, extra: list[str]) -> dict[str, dict]:
+  rows = {}
+  for impl in ("jax", "torch"):
+    cmd = [sys.executable, script, "--impl", impl, "--hf_dir", hf_dir, *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    if out.returncode:
+      sys.exit(f"{impl} run failed:\n{out.stderr[-4000:]}")
+    rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+  return rows
+
+
+def print_comparison(rows: dict[str, dict], names: dict[str, str]) -> float:
+  """tokens/s, median step, first step (compile) and peak RSS per implementation; returns ours/HF."""
+  print(f"{'impl':<22}{'tokens/s':>10}{'step s':>9}{'first step s':>14}{'peak RSS MB':>13}")
+  for impl, name in names.items():
+    r = rows[impl]
+    step = sorted(r["times"])[len(r["times"]) // 2]
+    r["tps"] = r["tokens"] / step
+    print(f"{name:<22}{r['tps']:>10.0f}{step:>9.2f}{r['first']:>14.2f}{r['peak_mb']:>13.0f}")
+  ratio = rows["jax"]["tps"] / rows["torch"]["tps"]
+  print(f"speed-up (tokens/s ours / HF): {ratio:.2f}x")
+  return ratio
