@@ -79,9 +79,15 @@ def test_real_video_example_through_the_model(tok):
   n = int(np.prod(examples[0]["video_grid_thw"])) // 4
   assert (examples[0]["input_ids"] == 151656).sum() == n
   assert abs(examples[0]["second_per_grid"] - 2 / video.sample_fps) < 1e-6
-  inputs, targets, weights = processor.collate(examples, cfg, length=max(len(e["input_ids"]) for e in examples) + 5)
-  assert weights.sum() == sum(e["loss_mask"].sum() for e in examples)
-  np.testing.assert_array_equal(targets[weights], np.concatenate([e["input_ids"][e["loss_mask"]] for e in examples]))
+  from rewatch_jax.data.pipeline import Bucket, Collate
+  for i, ex in enumerate(examples):
+    ex.update(task=np.int32(i), id=str(i))
+  length = max(len(e["input_ids"]) for e in examples) + 5
+  batch = Collate(cfg, [Bucket(length, 4 * 672, 672)], pad_id=151643)(examples)  # 42 windows a frame
+  real = batch["loss_weights"] > 0
+  assert real.sum() == sum(e["loss_mask"][1:].sum() for e in examples)
+  np.testing.assert_array_equal(batch["loss_targets"][real],
+                                np.concatenate([e["input_ids"][1:][e["loss_mask"][1:]] for e in examples]))
   model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
-  logits = model(jax.tree.map(jnp.asarray, inputs))
-  assert logits.shape[:2] == targets.shape and np.isfinite(np.asarray(logits)).all()
+  logits = model(jax.tree.map(jnp.asarray, batch["inputs"]))
+  assert logits.shape[:2] == (2, length) and np.isfinite(np.asarray(logits)).all()

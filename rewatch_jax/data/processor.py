@@ -55,27 +55,3 @@ def encode_example(record, video, tokenizer, mode: str, cfg, with_answer: bool =
   return dict(input_ids=enc.input_ids, loss_mask=enc.loss_mask, pixel_values=pixels,
               video_grid_thw=np.asarray(grid, np.int64),
               second_per_grid=np.float32(video.second_per_grid(cfg.vision.temporal_patch_size)))
-
-
-def collate(examples: list[dict], cfg, length: int, pad_patches_to: int | None = None,
-            frame_block: int | None = None, pad_id: int = 151643):
-  """Right-pad a list of `encode_example` outputs to `length` tokens and build `ModelInputs` plus
-  next-token targets and their loss weights (fixed shapes: one compiled step per bucket)."""
-  from rewatch_jax.models.inputs import from_hf_inputs
-  ids = np.full((len(examples), length), pad_id, np.int64)
-  attention = np.zeros((len(examples), length), np.int64)
-  mask = np.zeros((len(examples), length), bool)
-  for i, ex in enumerate(examples):
-    n = len(ex["input_ids"])
-    if n > length:
-      raise ValueError(f"example {i} has {n} tokens, more than the bucket length {length}")
-    ids[i, :n], attention[i, :n], mask[i, :n] = ex["input_ids"], 1, ex["loss_mask"]
-  inputs = from_hf_inputs(
-      cfg, input_ids=ids, attention_mask=attention,
-      pixel_values_videos=np.concatenate([ex["pixel_values"] for ex in examples]),
-      video_grid_thw=np.stack([ex["video_grid_thw"] for ex in examples]),
-      second_per_grid_ts=np.array([ex["second_per_grid"] for ex in examples], np.float32),
-      pad_patches_to=pad_patches_to, frame_block=frame_block)
-  targets = np.concatenate([ids[:, 1:], np.full((len(examples), 1), pad_id)], 1).astype(np.int32)
-  weights = np.concatenate([mask[:, 1:], np.zeros((len(examples), 1), bool)], 1)
-  return inputs, targets, weights
