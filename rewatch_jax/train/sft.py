@@ -139,6 +139,7 @@ def init_state(params, tx, mesh, seed: int):
   """The train state (params, optimizer moments sharded like their params, replicated scalars)
   and its shardings, which the jitted step keeps so it compiles once per bucket."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.device_put(params, param_shardings(params, mesh))  # whatever device they came from
   opt_state = jax.jit(tx.init)(params)
   opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
                            else jax.device_put(x, replicated), opt_state)
