@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
   # 1 fps, <= 16 frames of 84x112: 12 visual tokens per frame pair.
   c.video_spec.update(dict(fps=1.0, max_frames=16, min_pixels=84 * 112, max_pixels=84 * 112,
                            total_pixels=16 * 84 * 112))
-  c.total_steps, c.checkpoint_every_steps, c.log_every_steps = 300, 100, 20
+  c.total_steps, c.checkpoint_every_steps, c.log_every_steps = 400, 100, 20
   c.data.batch_size, c.data.workers, c.data.pad_id = 16, 0, ids["<|endoftext|>"]
   c.data.buckets = [dict(length=512, patches=512, frame_block=64, loss_tokens=384)]
   c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01))
