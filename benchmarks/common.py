@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 
 
 def run_children(script: str, hf_dir: str, extra: list[str]) -> dict[str, dict]:
@@ -30,3 +32,23 @@ def print_comparison(rows: dict[str, dict], names: dict[str, str]) -> float:
   ratio = rows["jax"]["tps"] / rows["torch"]["tps"]
   print(f"speed-up (tokens/s ours / HF): {ratio:.2f}x")
   return ratio
+
+
+def time_steps(step, steps: int) -> tuple[float, list[float]]:
+  """Seconds of the first call (compilation included) and of each of `steps` further calls;
+  `step` must block until its work is done."""
+  t0 = time.perf_counter()
+  step()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return first, times
+
+
+def report(first: float, times: list[float], tokens: int) -> None:
+  """A child process's result line, read by run_children."""
+  print(json.dumps(dict(first=first, times=times, tokens=tokens,
+                        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))

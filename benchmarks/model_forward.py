@@ -11,18 +11,15 @@ Prints a table with tokens/s, step time, compile/first-step time, peak RSS and t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import print_comparison, run_children  # noqa: E402
+from common import print_comparison, report, run_children, time_steps  # noqa: E402
 
 
 def bench_config():
@@ -74,14 +71,7 @@ def run_jax(hf_dir, args):
       return optax.softmax_cross_entropy_with_integer_labels(logits, inputs.input_ids[:, 1:]).mean()
     return jax.value_and_grad(loss)(params)
 
-  t0 = time.perf_counter()
-  jax.block_until_ready(grad_step(params, inputs))
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(grad_step(params, inputs))
-    times.append(time.perf_counter() - t0)
+  first, times = time_steps(lambda: jax.block_until_ready(grad_step(params, inputs)), args.steps)
   return first, times, int(batch["input_ids"].size)
 
 
@@ -101,21 +91,12 @@ def run_torch(hf_dir, args):
     model.zero_grad(set_to_none=True)
     model(**batch, labels=batch["input_ids"]).loss.backward()
 
-  t0 = time.perf_counter()
-  step()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
+  first, times = time_steps(step, args.steps)
   return first, times, int(batch["input_ids"].numel())
 
 
 def child(args):
-  first, times, tokens = (run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args)
-  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(json.dumps(dict(first=first, times=times, tokens=tokens, peak_mb=peak_mb)))
+  report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
 
 
 def main():

@@ -11,12 +11,9 @@ Inputs: batch 2 x (16-frame 224x224 video + 128 text tokens), the last 64 text t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -24,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import print_comparison, run_children  # noqa: E402
+from common import print_comparison, report, run_children, time_steps  # noqa: E402
 from model_forward import bench_config, make_inputs  # noqa: E402
 
 TRAINED = 64
@@ -60,16 +57,13 @@ def run_jax(hf_dir, args):
   tx, _ = sft.make_optimizer(oc, 100, params)
   state, shardings = sft.init_state(params, tx, mesh, 0)
   step = sft.jit_train_step(graphdef, tx, 1, shardings)
-  t0 = time.perf_counter()
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
+  box = {"state": state}
+
+  def one():
+    box["state"], m = step(box["state"], batch)
     jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
+
+  first, times = time_steps(one, args.steps)
   return first, times, int(raw["input_ids"].size)
 
 
@@ -93,14 +87,7 @@ def run_torch(hf_dir, args):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
-  t0 = time.perf_counter()
-  step()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
+  first, times = time_steps(step, args.steps)
   return first, times, int(batch["input_ids"].numel())
 
 
@@ -141,9 +128,7 @@ def compile_count(steps: int) -> int:
 
 
 def child(args):
-  first, times, tokens = (run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args)
-  print(json.dumps(dict(first=first, times=times, tokens=tokens,
-                        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+  report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
 
 
 def main():

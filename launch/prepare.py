@@ -29,7 +29,7 @@ flags.DEFINE_string("videos", None, "Video root that record paths are relative t
 flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "rl", "qa_eval"], "Which prepared dataset to build.")
 flags.DEFINE_string("captions", None, "Caption JSONL (the rl config keeps each video's caption).")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (default: the Qwen vocabulary).")
-flags.DEFINE_string("cache_dir", None, "Frame cache directory (decode each video once per spec).")
+flags.DEFINE_string("cache_dir", None, "Frame cache directory (default: OUT/frame_cache); each video is decoded once per spec.")
 flags.DEFINE_integer("processes", 1, "Local decoding processes.")
 flags.DEFINE_integer("num_shards", 1, "Hosts preparing disjoint shards.")
 flags.DEFINE_integer("shard_index", 0, "This host's shard.")

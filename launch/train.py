@@ -10,7 +10,6 @@ Cloud TPU pod run it on every host (see launch/sweep.py --tpu); multi-host is de
 set --coordinator_address/--num_processes/--process_id.
 """
 
-import json
 import os
 import sys
 

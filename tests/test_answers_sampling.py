@@ -30,7 +30,7 @@ def test_open_and_article_rules():
 
 def test_greedy_generate_matches_manual_decoding():
   from tests.hf_reference import make_batch, tiny_config
-  from rewatch_jax.models import KVCache, Qwen25VL, from_hf_inputs
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs
   from rewatch_jax.sampling import greedy_generate
   cfg = tiny_config()
   model = Qwen25VL(cfg, rngs=nnx.Rngs(3))

@@ -9,7 +9,7 @@ from flax import nnx
 from tests.hf_reference import build_hf_model, make_batch, tiny_config
 
 from rewatch_jax import hf
-from rewatch_jax.models import ConfigError, KVCache, Qwen25VL, from_hf_inputs
+from rewatch_jax.models import ConfigError, KVCache, from_hf_inputs
 from rewatch_jax.models.sharding import axis_rules
 
 

@@ -83,3 +83,15 @@ def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):
   recs = _records(toy, "train", "caption")
   report = tfds_rewatch.prepare(str(tmp_path), "caption", recs + recs[:1], str(toy), SPEC)
   assert report["written"] == len(recs) and report["skipped"][0]["error"] == "duplicate record id"
+
+
+def test_each_video_is_decoded_once_across_records_and_configs(toy, tmp_path, monkeypatch):
+  from rewatch_jax.data import video as V
+  calls = []
+  real = V.load_video
+  monkeypatch.setattr(V, "load_video", lambda path, spec=VideoSpec(), **k: calls.append(path) or real(path, spec, **k))
+  qa = _records(toy, "train", "qa")[:8]
+  tfds_rewatch.prepare(str(tmp_path), "qa", qa, str(toy), SPEC)
+  tfds_rewatch.prepare(str(tmp_path), "cot", _records(toy, "train", "cot")[:8], str(toy), SPEC)
+  assert sorted(calls) == sorted(set(calls)) and len(calls) == len({r.video for r in qa} | {
+      r.video for r in _records(toy, "train", "cot")[:8]})

@@ -11,14 +11,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-from configs import demo
 from rewatch_jax import checkpoint as ckpt
 from rewatch_jax.data import pipeline
 from rewatch_jax.models import ModelConfig
-from rewatch_jax.train import driver, sft
+from rewatch_jax.train import sft
 from rewatch_jax.train.mesh import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

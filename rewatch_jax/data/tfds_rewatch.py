@@ -158,8 +158,12 @@ def shard_dir(out_dir: str, num_shards: int, shard_index: int) -> str:
 
 def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec = VideoSpec(),
             **kwargs) -> dict:
-  """Build one config (one shard of it) and write its report next to the data. Returns the report."""
+  """Build one config (one shard of it) and write its report next to the data. Returns the report.
+  Decoded frames are cached under out_dir/frame_cache unless `cache_dir` says otherwise, so a video
+  shared by many records (and by several configs) is decoded once."""
   data_dir = shard_dir(out_dir, kwargs.get("num_shards", 1), kwargs.get("shard_index", 0))
+  if not kwargs.get("cache_dir"):
+    kwargs["cache_dir"] = os.path.join(out_dir, "frame_cache")
   builder = Rewatch(config=config, records=records, video_root=video_root, spec=spec, data_dir=data_dir,
                     file_format="array_record", **kwargs)
   builder.download_and_prepare()

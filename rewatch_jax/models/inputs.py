@@ -27,10 +27,6 @@ class ModelInputs:
   # Static: patch slots per temporal patch (frame pair); the block size of full attention.
   frame_block: int = struct.field(pytree_node=False, default=0)
 
-  @property
-  def num_patches(self) -> int:
-    return self.pixel_values.shape[1]
-
 
 def _as_np(x, dtype=None):
   if x is None:
