@@ -1,4 +1,5 @@
-"""Our numpy processor against Hugging Face's (PIL) Qwen2-VL image processor, bit for bit."""
+"""Our numpy processor against Hugging Face's Qwen2-VL processors: the (PIL) image processor bit for
+bit, and the video processor where torchvision is installed."""
 
 import numpy as np
 import pytest
@@ -17,6 +18,21 @@ def test_image_rows_match_hf(h, w):
   rows, grid = frames_to_patches(img[None], get_preset("tiny").vision)
   assert list(out["image_grid_thw"][0]) == list(grid)
   np.testing.assert_allclose(rows, out["pixel_values"], atol=1e-6)
+
+
+@pytest.mark.parametrize("t, h, w", [(4, 56, 84), (5, 112, 56), (8, 28 * 3, 28 * 4)])
+def test_video_rows_match_hf_video_processor(t, h, w):
+  """Frames at the spec's size (our decoder resizes inside ffmpeg, so HF's resize is off) -> the same
+  rows (layout, temporal padding, normalisation) and grid as transformers' video processor."""
+  pytest.importorskip("torchvision", reason="transformers' Qwen2-VL video processor needs torchvision, "
+                      "and PyPI has no CPU torchvision build for torch 2.13 (the image processor tests run)")
+  from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+  frames = (np.random.default_rng(t * h * w).random((t, h, w, 3)) * 255).astype(np.uint8)
+  out = Qwen2VLVideoProcessor()(videos=[frames], do_resize=False, do_sample_frames=False,
+                                cap_pixels_per_frame=False, return_tensors="np")
+  rows, grid = frames_to_patches(frames, get_preset("tiny").vision)
+  assert list(out["video_grid_thw"][0]) == list(grid)
+  np.testing.assert_allclose(rows, out["pixel_values_videos"], atol=1e-5)
 
 
 def test_video_rows_feed_the_model_layout():
