@@ -119,10 +119,13 @@ class World:
     return sorted(ev)
 
 
-def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10) -> World:
+def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10,
+             duration: tuple[int, int] = (8, 30), shapes: tuple[int, int] = (2, 5)) -> World:
+  """One world; `duration` (s) and the number of `shapes` are drawn uniformly from the inclusive
+  ranges (smaller worlds are easier to learn: the CPU demo uses them)."""
   rng = np.random.default_rng(seed)
-  duration = float(rng.integers(8, 31))
-  n = int(rng.integers(2, 6))
+  duration = float(rng.integers(duration[0], duration[1] + 1))
+  n = int(rng.integers(shapes[0], shapes[1] + 1))
   shapes, used = [], set()
   for i in range(n):
     while True:
@@ -245,12 +248,13 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
   out = []
   shapes, d = world.shapes, world.duration
   visible = [s for s in shapes if s.enter_t < d]
-  # counting: shapes that enter during the whole video
-  for colour in sorted({s.colour for s in visible}):
-    n = sum(s.colour == colour for s in visible)
-    facts = [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible if s.colour == colour]
-    out.append(("counting", f"How many {colour} shapes enter the scene during the video?", str(n),
-                [str(k) for k in range(6) if k != n], facts))
+  # counting: all shapes, and shapes of one kind (possibly none); MC distractors are drawn at random
+  # so that the option set does not give the count away
+  facts = [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible]
+  kind = SHAPES[rng.integers(len(SHAPES))]
+  for what, n in (("shapes", len(visible)), (f"{kind}s", sum(s.shape == kind for s in visible))):
+    out.append(("counting", f"How many {what} enter the scene during the video?", str(n),
+                [str(k) for k in range(7) if k != n], facts))
   # numerical: the sum of the numbers shown
   nums = [x for x in world.texts if x.word.isdigit()]
   if len(nums) >= 2:
@@ -276,7 +280,7 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
     if s.leave_t < d:
       out.append(("event_localization", f"When does the {s.label(s.leave_t, with_size=False)} leave the scene?"
                   " Answer with MM:SS.", format_timestamp(s.leave_t),
-                  [format_timestamp(min(d, max(0, s.leave_t + k))) for k in (-5, -3, 3, 5)],
+                  _nearby_times(s.leave_t, d, rng),
                   [Fact(s.leave_t - 1, s.leave_t + 0.5, f"the {s.label(s.leave_t)} leaves on the {s.leave_side}")]))
     out.append(("spatial", f"From which side does the {s.label(s.enter_t, with_size=False)} enter?",
                 s.enter_side, [x for x in SIDES if x != s.enter_side],
@@ -310,11 +314,27 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
   if occl:
     s, o = occl[0]
     t = _overlap(world, s, o)
+    answer = f"it passes behind the {o.label(t, False)}"
+    # distractors of the same form (other shapes of the video first, then random ones): not guessable
+    pool = [f"{c} {k}" for k in SHAPES for c in COLOURS]
+    pool = [x.label(t, False) for x in visible] + [pool[i] for i in rng.permutation(len(pool))]
+    others = [f"it passes behind the {x}" for x in dict.fromkeys(pool) if x not in (s.label(t, False), o.label(t, False))]
     out.append(("causal", f"Why is the {s.label(t, False)} briefly hidden around {format_timestamp(t)}?",
-                f"it passes behind the {o.label(t, False)}", ["it leaves the scene", "it changes colour",
-                                                              "the screen goes dark"],
+                answer, others[:2] + ["it leaves the scene"],
                 [Fact(t - 0.5, t + 0.5, f"the {s.label(t)} is behind the {o.label(t)}")]))
   return out
+
+
+def _nearby_times(t: float, d: float, rng) -> list[str]:
+  """Three other timestamps 2, 4, 6 s away inside [0, d], with the true one at a uniformly random
+  rank among the four (fixed offsets would give its rank away)."""
+  before = [t - k for k in (2, 4, 6) if t - k >= 0]
+  after = [t + k for k in (2, 4, 6) if t + k <= d]
+  ranks = [r for r in range(4) if r <= len(before) and 3 - r <= len(after)]
+  if not ranks:
+    return []
+  r = ranks[rng.integers(len(ranks))]
+  return [format_timestamp(x) for x in before[:r] + after[:3 - r]]
 
 
 def _overlap(world: World, s: Shape, o: Shape) -> float | None:
@@ -340,7 +360,8 @@ def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], lis
       fakes = [c for c in fakes if c.question != question]
       continue
     asked.add(question)
-    distractors = list(dict.fromkeys(d for d in distractors if d != answer))[:3]
+    distractors = list(dict.fromkeys(d for d in distractors if d != answer))
+    distractors = [distractors[i] for i in sorted(rng.permutation(len(distractors))[:3])]  # no order leak
     forms = [QARecord(video=video, question=question, answer=answer, question_type=qtype,
                       duration=world.duration, lineage=lineage)]
     if len(distractors) == 3:
@@ -408,10 +429,10 @@ def train_tokenizer(out_dir: str, vocab_size: int = 1024) -> str:
   return path
 
 
-def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2) -> dict[str, int]:
+def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, **ranges) -> dict[str, int]:
   """Write `count` videos under out_dir/videos, ReWatch JSONL files per split
   ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl)
-  and the toy tokenizer (tokenizer.json)."""
+  and the toy tokenizer (tokenizer.json). `ranges` go to `generate` (duration, shapes)."""
   from rewatch_jax.data.records import write_jsonl
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
   n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
@@ -419,7 +440,7 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2) -
   for split, seeds in (("train", range(seed, seed + count - n_test)), ("test", range(seed + count - n_test, seed + count))):
     caps, qas, cots, fakes = [], [], [], []
     for s in seeds:
-      world = generate(s)
+      world = generate(s, **ranges)
       video = f"videos/{world.id}.mp4"
       path = os.path.join(out_dir, video)
       if not os.path.exists(path):
