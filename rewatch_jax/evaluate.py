@@ -1,5 +1,10 @@
 """Accuracy on a prepared prompt set (qa_eval: direct answers; rl: thinking) with greedy decoding
-and the shared answer parser. Unparseable answers count as wrong and are reported separately."""
+and the shared answer parser. Unparseable answers count as wrong and are reported separately.
+
+`blank_video=True` is the ablation that shows what a model takes from the video: every frame is
+replaced by a constant (mid-grey after normalisation: zeros) while the prompt, the number of
+visual tokens and their positions stay the same. A model that only learnt answer priors from the
+question text scores the same with and without it."""
 
 from __future__ import annotations
 
@@ -16,14 +21,18 @@ from rewatch_jax.sampling import greedy_generate
 
 
 def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline.Bucket, batch_size: int,
-             max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None) -> dict:
+             max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
+             blank_video: bool = False) -> dict:
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=[bucket], pad_id=pad_id)
   correct = parsed = n = 0
   by_type = collections.defaultdict(lambda: [0, 0])
   by_form = collections.defaultdict(lambda: [0, 0])
   samples = []
   for batch in pipeline.eval_dataset(pc, model.config, config_name):
-    tokens = np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, batch["inputs"]), max_new_tokens, eos_id))
+    inputs = batch["inputs"]
+    if blank_video:
+      inputs = inputs.replace(pixel_values=np.zeros_like(inputs.pixel_values))
+    tokens = np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, inputs), max_new_tokens, eos_id))
     for row, record_json in zip(tokens, batch["meta"]["record"]):
       rec = json.loads(record_json)
       cut = row.tolist().index(eos_id) if eos_id in row.tolist() else len(row)

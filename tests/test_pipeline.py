@@ -114,3 +114,17 @@ def test_batches_go_onto_the_mesh_and_through_the_model(data):
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
   hidden = nnx.jit(lambda m, x: m(x, return_hidden=True))(model, placed["inputs"])
   assert hidden.shape == (8, 640, 64) and bool(jnp.isfinite(hidden).all())
+
+
+def test_evaluate_scores_prompts_and_can_blank_the_video(data):
+  from rewatch_jax.data import chat
+  from rewatch_jax.evaluate import evaluate
+  model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
+  run = lambda blank: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[0], batch_size=4,
+                               max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, blank_video=blank)
+  seen, blind = run(False), run(True)
+  assert seen["n"] == blind["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
+  assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
+  # the same prompts, different pixels: a random model's greedy tokens change
+  assert [s["question"] for s in seen["samples"]] == [s["question"] for s in blind["samples"]]
+  assert [s["response"] for s in seen["samples"]] != [s["response"] for s in blind["samples"]]

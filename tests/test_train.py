@@ -9,13 +9,14 @@ import sys
 import time
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from rewatch_jax import checkpoint as ckpt
 from rewatch_jax.data import pipeline
-from rewatch_jax.models import ModelConfig
+from rewatch_jax.models import ModelConfig, Qwen25VL
 from rewatch_jax.train import sft
 from rewatch_jax.train.mesh import make_mesh
 
@@ -151,3 +152,25 @@ def test_sigterm_saves_and_stops(prepared, tmp_path):
   assert proc.returncode == 0, err[-3000:]
   saved = [int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit()]
   assert "SIGTERM: saved step" in out and saved and 3 <= max(saved) < 100
+
+
+@pytest.mark.parametrize("freeze, scale", [(True, 1.0), (False, 0.5)])
+def test_vision_learning_rate_scale_and_freezing(freeze, scale):
+  c = small_config()
+  c.optimizer.update(dict(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0))
+  model = Qwen25VL(ModelConfig.from_dict(c.model.to_dict()), rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-5), params)  # below the clipping norm
+  def first_update(oc):
+    tx, _ = sft.make_optimizer(oc, 10, params)
+    return tx.update(grads, tx.init(params), params)[0]
+  base = first_update(c.optimizer)
+  c.optimizer.update(dict(freeze_vision=freeze, vision_lr_scale=scale))
+  new = first_update(c.optimizer)
+  vis, vis0 = jax.tree.leaves(new["visual"]), jax.tree.leaves(base["visual"])
+  want = 0.0 if freeze else scale
+  for a, b in zip(vis, vis0):
+    np.testing.assert_allclose(a, want * b, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(new["text"]), jax.tree.leaves(base["text"])):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert float(jnp.abs(vis0[0]).max()) > 0

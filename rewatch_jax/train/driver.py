@@ -20,7 +20,8 @@ def prepare_toyworld(config, workdir: str) -> None:
   toy, prepared = os.path.join(root, "toy"), os.path.join(root, "prepared")
   if not os.path.exists(os.path.join(toy, "tokenizer.json")):
     print(f"toy world: generating {tw.videos} videos -> {toy}")
-    toyworld.build(toy, tw.videos, seed=tw.seed, test_fraction=tw.test_fraction)
+    toyworld.build(toy, tw.videos, seed=tw.seed, test_fraction=tw.test_fraction, duration=tuple(tw.duration),
+                   shapes=tuple(tw.shapes))
   tokenizer = os.path.join(toy, "tokenizer.json")
   spec = VideoSpec(**config.video_spec.to_dict())
   read = lambda split, kind: list(R.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
@@ -47,13 +48,13 @@ def _check_tokenizer(config) -> None:
     raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, model vocab_size is {m.text.vocab_size}")
 
 
-def _evaluate(model, config):
+def _evaluate(model, config, blank_video: bool = False):
   from rewatch_jax.evaluate import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
   return evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
                   e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
-                  limit=e.limit or None)
+                  limit=e.limit or None, blank_video=blank_video)
 
 
 def run(config, workdir: str) -> dict:
@@ -75,6 +76,8 @@ def run(config, workdir: str) -> dict:
   results["sft"] = {"steps": train_result.step, "final_loss": train_result.final_loss}
   if config.eval.enabled:
     results["after_sft"] = _evaluate(model, config)
+    if config.eval.blank_video:  # the ablation: how much of the accuracy comes from the video
+      results["after_sft_blank_video"] = _evaluate(model, config, blank_video=True)
   if jax.process_index() == 0:
     (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -86,8 +89,8 @@ def print_table(results: dict) -> None:
   if not rows:
     return
   forms = sorted({f for _, v in rows for f in v["by_form"]})
-  print("\n" + f"{'stage':<12}{'accuracy':>10}" + "".join(f"{'acc ' + f:>10}" for f in forms) + f"{'parsed':>9}{'n':>6}")
+  print("\n" + f"{'stage':<24}{'accuracy':>10}" + "".join(f"{'acc ' + f:>10}" for f in forms) + f"{'parsed':>9}{'n':>6}")
   for name, v in rows:
-    print(f"{name:<12}{v['accuracy']:>10.3f}" + "".join(f"{v['by_form'].get(f, float('nan')):>10.3f}" for f in forms)
+    print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{v['by_form'].get(f, float('nan')):>10.3f}" for f in forms)
           + f"{v['parsed_rate']:>9.2f}{v['n']:>6}")
-  print("(chance: 0.25 on 4-way multiple choice)")
+  print("(chance: 0.25 on 4-way multiple choice; *_blank_video: the same model with every frame blanked)")

@@ -58,13 +58,19 @@ def make_optimizer(oc, total_steps: int, params) -> optax.GradientTransformation
                                optax.constant_schedule(oc.learning_rate)], [oc.warmup_steps])
   else:
     raise ValueError(f"optimizer.schedule must be cosine or constant, got {oc.schedule!r}")
-  tx = optax.chain(optax.clip_by_global_norm(oc.grad_clip),
-                   optax.adamw(lr, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay))
-  if oc.freeze_vision:
-    labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if str(getattr(path[0], "key", path[0])) == "visual" else "train", params)
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-  return tx, lr
+  adamw = lambda scale: optax.adamw(lambda step: lr(step) * scale, b1=oc.b1, b2=oc.b2, eps=oc.eps,
+                                    weight_decay=oc.weight_decay)
+  scale = 0.0 if oc.freeze_vision else oc.vision_lr_scale
+  if scale == 1.0:
+    return optax.chain(optax.clip_by_global_norm(oc.grad_clip), adamw(1.0)), lr
+  # The vision tower and merger ("visual") get their own learning rate, or none (frozen). Clipping
+  # is over the parameters that train.
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "visual" if str(getattr(path[0], "key", path[0])) == "visual" else "text", params)
+  clipped = lambda t: optax.chain(optax.clip_by_global_norm(oc.grad_clip), t)
+  if scale == 0.0:
+    return optax.multi_transform({"text": clipped(adamw(1.0)), "visual": optax.set_to_zero()}, labels), lr
+  return clipped(optax.multi_transform({"text": adamw(1.0), "visual": adamw(scale)}, labels)), lr
 
 
 # ---- loss ----
