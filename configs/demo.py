@@ -5,8 +5,8 @@
 
 Generates toy-world videos with exact captions/QA/CoT (if missing), prepares them with a small
 VideoSpec and the toy tokenizer, evaluates the random model on the held-out split, runs the
-multi-task SFT, evaluates again (also with every frame blanked, to show what the model takes from
-the video) and prints the table. (GRPO joins when the RL issue lands.)
+multi-task SFT, evaluates again (also with each question shown another video's frames, to show
+what the model takes from the video) and prints the table. (GRPO joins when the RL issue lands.)
 """
 
 from configs.common import sft_config
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
   c.data.weights.update(dict(caption=0.5, qa=1.0, cot=0.5))
   c.data.buckets = [dict(length=512, patches=512, frame_block=64, loss_tokens=384)]
   c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=40, weight_decay=0.01))
-  c.eval.update(dict(enabled=True, before=True, blank_video=True, batch_size=32, max_new_tokens=10,
+  c.eval.update(dict(enabled=True, before=True, ablation="swap", batch_size=32, max_new_tokens=10,
                      bucket=dict(length=512, patches=512, frame_block=64, loss_tokens=1)))
   if arg == "sft":
     c.eval.enabled = False

@@ -1,10 +1,14 @@
 """Accuracy on a prepared prompt set (qa_eval: direct answers; rl: thinking) with greedy decoding
 and the shared answer parser. Unparseable answers count as wrong and are reported separately.
 
-`blank_video=True` is the ablation that shows what a model takes from the video: every frame is
-replaced by a constant (mid-grey after normalisation: zeros) while the prompt, the number of
-visual tokens and their positions stay the same. A model that only learnt answer priors from the
-question text scores the same with and without it."""
+Ablations show what a model takes from the video (`ablation=`):
+* "swap": each question gets the frames of *another* video with the same patch layout (the set is
+  read in a seeded shuffled order so that a batch mixes videos). The frames stay in distribution;
+  only their content no longer fits the question. A model that answers from the question alone
+  scores the same; one that reads the video drops. `swapped` reports the fraction that moved.
+* "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
+  drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
+"""
 
 from __future__ import annotations
 
@@ -22,16 +26,22 @@ from rewatch_jax.sampling import greedy_generate
 
 def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline.Bucket, batch_size: int,
              max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
-             blank_video: bool = False) -> dict:
+             ablation: str = "", seed: int = 0) -> dict:
+  if ablation not in ("", "swap", "blank"):
+    raise ValueError(f"ablation must be '', 'swap' or 'blank', got {ablation!r}")
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=[bucket], pad_id=pad_id)
-  correct = parsed = n = 0
+  correct = parsed = n = swapped = 0
   by_type = collections.defaultdict(lambda: [0, 0])
   by_form = collections.defaultdict(lambda: [0, 0])
   samples = []
-  for batch in pipeline.eval_dataset(pc, model.config, config_name):
+  order = dict(shuffle_seed=seed) if ablation == "swap" else {}
+  for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
     inputs = batch["inputs"]
-    if blank_video:
+    if ablation == "blank":
       inputs = inputs.replace(pixel_values=np.zeros_like(inputs.pixel_values))
+    elif ablation == "swap":
+      inputs, moved = swap_videos(inputs, [json.loads(r)["video"] for r in batch["meta"]["record"]])
+      swapped += moved
     tokens = np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, inputs), max_new_tokens, eos_id))
     for row, record_json in zip(tokens, batch["meta"]["record"]):
       rec = json.loads(record_json)
@@ -49,6 +59,30 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
         samples.append({"question": rec["question"], "answer": rec["answer"], "response": text})
     if limit and n >= limit:
       break
-  return dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
-              by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
-              by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, samples=samples)
+  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
+             by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
+             by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, samples=samples)
+  if ablation == "swap":
+    out["swapped"] = swapped / max(n, 1)
+  return out
+
+
+def swap_videos(inputs, videos: list[str]):
+  """Give each example the pixels of an example from another video with the same patch layout
+  (same rotary ids and segments, so the rows are interchangeable). Within each layout group the
+  examples are sorted by video and shifted by the largest video's count: everyone moves to another
+  video whenever no video holds more than half the group. Returns (inputs, number moved)."""
+  layout = np.concatenate([np.asarray(inputs.vision_rotary_ids).reshape(len(videos), -1),
+                           np.asarray(inputs.window_segment), np.asarray(inputs.frame_segment)], axis=1)
+  groups = collections.defaultdict(list)
+  for i, row in enumerate(layout):
+    groups[row.tobytes()].append(i)
+  src = np.arange(len(videos))
+  for members in groups.values():
+    count = collections.Counter(videos[i] for i in members)
+    order = sorted(members, key=lambda i: (-count[videos[i]], videos[i]))
+    shift = max(count.values())
+    if shift < len(order):
+      src[order] = np.roll(order, -shift)
+  moved = sum(videos[j] != videos[i] for i, j in enumerate(src))
+  return inputs.replace(pixel_values=np.asarray(inputs.pixel_values)[src]), moved

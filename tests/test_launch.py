@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["sft"]["steps"] == 3 and 0 <= results["after_sft"]["accuracy"] <= 1
-  assert results["after_sft_blank_video"]["n"] == results["after_sft"]["n"] == 8  # the video ablation
+  assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] == 8  # the video ablation
   assert "after_sft" in out.stdout and "chance" in out.stdout
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
   assert (tmp_path / "checkpoints" / "3").exists() and (tmp_path / "metrics.jsonl").exists()

@@ -22,7 +22,10 @@ def data(tmp_path_factory):
   toyworld.build(str(root / "toy"), count=3, seed=21, test_fraction=0.34)
   read = lambda name: list(R.read_jsonl(str(root / "toy" / f"train_{name}.jsonl")))
   caps = read("caption")
-  for config, recs in (("caption", caps), ("qa", read("qa")[:12]), ("cot", read("cot")[:12]), ("rl", read("qa")[:6])):
+  qas = read("qa")
+  two_videos = [q for pair in zip(qas[:3], qas[-3:]) for q in pair]  # alternating videos
+  assert len({q.video for q in two_videos}) == 2
+  for config, recs in (("caption", caps), ("qa", qas[:12]), ("cot", read("cot")[:12]), ("rl", two_videos)):
     tfds_rewatch.prepare(str(root / "prep"), config, recs, str(root / "toy"), SPEC, captions=caps)
   return str(root / "prep")
 
@@ -116,15 +119,34 @@ def test_batches_go_onto_the_mesh_and_through_the_model(data):
   assert hidden.shape == (8, 640, 64) and bool(jnp.isfinite(hidden).all())
 
 
-def test_evaluate_scores_prompts_and_can_blank_the_video(data):
+def test_evaluate_scores_prompts_and_runs_the_video_ablations(data):
   from rewatch_jax.data import chat
   from rewatch_jax.evaluate import evaluate
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
-  run = lambda blank: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[0], batch_size=4,
-                               max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, blank_video=blank)
-  seen, blind = run(False), run(True)
-  assert seen["n"] == blind["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
+  run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[0], batch_size=6,
+                                  max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, ablation=ablation)
+  seen, blind, swap = run(""), run("blank"), run("swap")
+  assert seen["n"] == blind["n"] == swap["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
   assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
+  assert swap["swapped"] == 1.0 and "swapped" not in seen  # one batch of 3 + 3 questions
   # the same prompts, different pixels: a random model's greedy tokens change
   assert [s["question"] for s in seen["samples"]] == [s["question"] for s in blind["samples"]]
   assert [s["response"] for s in seen["samples"]] != [s["response"] for s in blind["samples"]]
+  with pytest.raises(ValueError, match="ablation"):
+    run("shuffle")
+
+
+def test_swap_gives_each_question_another_videos_frames(data):
+  import json
+  from rewatch_jax.evaluate import swap_videos
+  batch = next(iter(pipeline.eval_dataset(_pc(data), _cfg(), "rl")))
+  videos = [json.loads(r)["video"] for r in batch["meta"]["record"]]
+  assert len(set(videos)) == 2
+  old = np.asarray(batch["inputs"].pixel_values)
+  new, moved = swap_videos(batch["inputs"], videos)
+  assert moved == len(videos)
+  for i, rows in enumerate(np.asarray(new.pixel_values)):
+    sources = [j for j in range(len(videos)) if np.array_equal(rows, old[j])]
+    assert sources and all(videos[j] != videos[i] for j in sources)
+  # one video only: nothing can move
+  assert swap_videos(batch["inputs"], ["v"] * len(videos))[1] == 0

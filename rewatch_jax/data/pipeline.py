@@ -154,9 +154,14 @@ def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   return _finish(_host_slice(ds), pc, cfg, {}, drop_remainder=True)
 
 
-def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl") -> grain.IterDataset:
-  """One ordered pass over this process's slice; the last batch may be smaller."""
-  return _finish(_host_slice(source(pc.data_dir, config)), pc, cfg, {}, drop_remainder=False)
+def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
+                 shuffle_seed: int | None = None) -> grain.IterDataset:
+  """One pass over this process's slice (in file order, or shuffled by `shuffle_seed`); the last
+  batch may be smaller."""
+  ds = source(pc.data_dir, config)
+  if shuffle_seed is not None:
+    ds = ds.shuffle(shuffle_seed)
+  return _finish(_host_slice(ds), pc, cfg, {}, drop_remainder=False)
 
 
 def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:

@@ -48,13 +48,13 @@ def _check_tokenizer(config) -> None:
     raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, model vocab_size is {m.text.vocab_size}")
 
 
-def _evaluate(model, config, blank_video: bool = False):
+def _evaluate(model, config, ablation: str = ""):
   from rewatch_jax.evaluate import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
   return evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
                   e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
-                  limit=e.limit or None, blank_video=blank_video)
+                  limit=e.limit or None, ablation=ablation, seed=config.seed)
 
 
 def run(config, workdir: str) -> dict:
@@ -76,8 +76,8 @@ def run(config, workdir: str) -> dict:
   results["sft"] = {"steps": train_result.step, "final_loss": train_result.final_loss}
   if config.eval.enabled:
     results["after_sft"] = _evaluate(model, config)
-    if config.eval.blank_video:  # the ablation: how much of the accuracy comes from the video
-      results["after_sft_blank_video"] = _evaluate(model, config, blank_video=True)
+    if config.eval.ablation:  # what the accuracy owes to the video (evaluate.py)
+      results[f"after_sft_{config.eval.ablation}"] = _evaluate(model, config, config.eval.ablation)
   if jax.process_index() == 0:
     (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -93,4 +93,5 @@ def print_table(results: dict) -> None:
   for name, v in rows:
     print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{v['by_form'].get(f, float('nan')):>10.3f}" for f in forms)
           + f"{v['parsed_rate']:>9.2f}{v['n']:>6}")
-  print("(chance: 0.25 on 4-way multiple choice; *_blank_video: the same model with every frame blanked)")
+  print("(chance: 0.25 on 4-way multiple choice; *_swap: each question shown another video's frames,"
+        " *_blank: frames blanked)")
