@@ -19,6 +19,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   c.micro_batches = 1  # gradient accumulation: each step splits data.batch_size into this many
   c.init_from_hf = ""  # a Hugging Face folder (local or gs://)
   c.init_from_checkpoint = ""  # a rewatch-jax checkpoint directory
+  c.zero_init_vision_output = False  # random init only: the vision merger's last layer starts at 0
   c.model = models.get_config(size)
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.video_spec = ml_collections.ConfigDict(VideoSpec().to_dict())

@@ -174,3 +174,20 @@ def test_vision_learning_rate_scale_and_freezing(freeze, scale):
   for a, b in zip(jax.tree.leaves(new["text"]), jax.tree.leaves(base["text"])):
     np.testing.assert_allclose(a, b, rtol=1e-6)
   assert float(jnp.abs(vis0[0]).max()) > 0
+
+
+def test_zero_init_vision_output_starts_silent_and_learns(prepared):
+  """With the merger's last layer at zero the frames add nothing at step 0, and the first
+  gradient still reaches that layer (so the frames can come in)."""
+  _, data_dir, _ = prepared
+  c = small_config()
+  c.zero_init_vision_output = True
+  c.optimizer.warmup_steps = 0  # a real first update
+  mesh, state, step, it = _setup(c, data_dir, {"data": -1, "fsdp": 1, "tensor": 1})
+  fc2 = state["params"]["visual"]["merger"]["fc2"]
+  assert not np.asarray(fc2["kernel"][...]).any() and not np.asarray(fc2["bias"][...]).any()
+  batch, _ = pipeline.to_global(next(it), mesh)
+  from rewatch_jax.models.sharding import axis_rules
+  with axis_rules(mesh):
+    new, _ = step(state, batch)
+  assert np.asarray(new["params"]["visual"]["merger"]["fc2"]["kernel"][...]).any()

@@ -26,7 +26,7 @@ SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the frame heigh
 SIDES = ("left", "right", "top", "bottom")
 WORDS = ("GO", "STOP", "EXIT", "BOX", "KEY", "SKY", "MAP", "SUN")  # no colour or shape names
 BACKGROUND = (30, 30, 40)
-GENERATOR = "toyworld-v1"
+GENERATOR = "toyworld-v2"  # v2: answers not guessable from the text (see tests)
 
 # 5x7 bitmap glyphs, one string of 7 rows of 5 bits per character.
 _GLYPHS = {

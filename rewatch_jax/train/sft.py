@@ -45,6 +45,11 @@ def build_model(config, mesh) -> Qwen25VL:
   if config.init_from_checkpoint:
     return ckpt.load_model(config.init_from_checkpoint, mesh=mesh, **runtime)
   model = Qwen25VL(ModelConfig.from_dict(config.model.to_dict()), rngs=nnx.Rngs(config.seed))
+  if config.zero_init_vision_output:
+    # The merger's last layer starts at zero: the frames add nothing (no noise to learn to ignore)
+    # until gradients grow them in the directions the loss wants (the ControlNet/Flamingo trick).
+    fc2 = model.visual.merger.fc2
+    fc2.kernel.value, fc2.bias.value = jnp.zeros_like(fc2.kernel.value), jnp.zeros_like(fc2.bias.value)
   graphdef, state = nnx.split(model)
   return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
 
