@@ -24,11 +24,14 @@ from rewatch_jax.rewards.answers import is_correct
 from rewatch_jax.sampling import greedy_generate
 
 
+ABLATIONS = ("", "swap", "blank")
+
+
 def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline.Bucket, batch_size: int,
              max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
              ablation: str = "", seed: int = 0) -> dict:
-  if ablation not in ("", "swap", "blank"):
-    raise ValueError(f"ablation must be '', 'swap' or 'blank', got {ablation!r}")
+  if ablation not in ABLATIONS:
+    raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=[bucket], pad_id=pad_id)
   correct = parsed = n = swapped = 0
   by_type = collections.defaultdict(lambda: [0, 0])

@@ -34,6 +34,12 @@ def test_mistyped_override_fails_at_start():
   assert out.returncode != 0 and "batch_sise" in out.stderr
 
 
+def test_bad_ablation_fails_before_training(tmp_path):
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
+               "--config.eval.ablation=swp")
+  assert out.returncode != 0 and "ablation" in out.stderr and not (tmp_path / "checkpoints").exists()
+
+
 def test_invalid_model_override_is_named():
   out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.model.text.num_key_value_heads=3")
   assert out.returncode != 0 and "num_key_value_heads" in out.stderr

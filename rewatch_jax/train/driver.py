@@ -58,7 +58,10 @@ def _evaluate(model, config, ablation: str = ""):
 
 
 def run(config, workdir: str) -> dict:
+  from rewatch_jax.evaluate import ABLATIONS
   from rewatch_jax.train import sft
+  if config.eval.ablation not in ABLATIONS:  # fail before training, not after
+    raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
   if config.toyworld.videos:
     prepare_toyworld(config, workdir)
   _check_tokenizer(config)
