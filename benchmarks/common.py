@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -52,3 +53,19 @@ def report(first: float, times: list[float], tokens: int) -> None:
   """A child process's result line, read by run_children."""
   print(json.dumps(dict(first=first, times=times, tokens=tokens,
                         peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+def comparison_args(doc: str, run_jax, run_torch, **extra: int) -> argparse.Namespace | None:
+  """The shared command line of the ours-vs-HF benchmarks (--steps, --frames, --size, plus `extra`
+  integer flags). In a child process (hidden --impl/--hf_dir) it runs that implementation, reports
+  and returns None; in the parent it returns the parsed arguments."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  for name, default in dict(steps=3, **extra, frames=16, size=224).items():
+    p.add_argument(f"--{name}", type=int, default=default)
+  p.add_argument("--impl", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--hf_dir", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.impl:
+    report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
+    return None
+  return args

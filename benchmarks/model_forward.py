@@ -10,7 +10,6 @@ Prints a table with tokens/s, step time, compile/first-step time, peak RSS and t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -19,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import print_comparison, report, run_children, time_steps  # noqa: E402
+from common import comparison_args, print_comparison, run_children, time_steps  # noqa: E402
 
 
 def bench_config():
@@ -95,20 +94,10 @@ def run_torch(hf_dir, args):
   return first, times, int(batch["input_ids"].numel())
 
 
-def child(args):
-  report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
-
-
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--steps", type=int, default=3)
-  p.add_argument("--frames", type=int, default=16)
-  p.add_argument("--size", type=int, default=224)
-  p.add_argument("--impl", choices=["jax", "torch"], help=argparse.SUPPRESS)
-  p.add_argument("--hf_dir", help=argparse.SUPPRESS)
-  args = p.parse_args()
-  if args.impl:
-    return child(args)
+  args = comparison_args(__doc__, run_jax, run_torch)
+  if args is None:
+    return
 
   import jax
   from flax import nnx

@@ -10,7 +10,6 @@ Inputs: batch 2 x (16-frame 224x224 video + 128 text tokens), the last 64 text t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import print_comparison, report, run_children, time_steps  # noqa: E402
+from common import comparison_args, print_comparison, run_children, time_steps  # noqa: E402
 from model_forward import bench_config, make_inputs  # noqa: E402
 
 TRAINED = 64
@@ -37,7 +36,6 @@ def loss_arrays(ids: np.ndarray):
 def run_jax(hf_dir, args):
   import jax
   import jax.numpy as jnp
-  import ml_collections
   from flax import nnx
   from rewatch_jax import hf
   from rewatch_jax.models import from_hf_inputs
@@ -50,9 +48,7 @@ def run_jax(hf_dir, args):
                loss_weights=weights, task=np.ones(len(index), np.int32))
   batch = jax.tree.map(jnp.asarray, batch)
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
-  oc = ml_collections.ConfigDict(dict(learning_rate=1e-5, warmup_steps=0, schedule="constant",
-                                      final_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                      grad_clip=1.0, freeze_vision=False))
+  oc = _optimizer(1e-5)
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   tx, _ = sft.make_optimizer(oc, 100, params)
   state, shardings = sft.init_state(params, tx, mesh, 0)
@@ -91,20 +87,25 @@ def run_torch(hf_dir, args):
   return first, times, int(batch["input_ids"].numel())
 
 
+def _optimizer(learning_rate: float):
+  """The trainer's optimizer config (configs/common.py), constant rate, no warmup or decay."""
+  from configs.common import sft_config
+  oc = sft_config("tiny").optimizer
+  oc.update(dict(learning_rate=learning_rate, warmup_steps=0, schedule="constant", weight_decay=0.0))
+  return oc
+
+
 def compile_count(steps: int) -> int:
   """Train-step compilations over `steps` batches of different video grids in one bucket."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
   from flax import nnx
   from rewatch_jax.models import Qwen25VL, from_hf_inputs, get_preset
   from rewatch_jax.train import sft
   from rewatch_jax.train.mesh import make_mesh
   cfg = get_preset("tiny")
   rng = np.random.default_rng(0)
-  oc = ml_collections.ConfigDict(dict(learning_rate=1e-4, warmup_steps=0, schedule="constant",
-                                      final_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                      grad_clip=1.0, freeze_vision=False))
+  oc = _optimizer(1e-4)
   graphdef, params, _ = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   tx, _ = sft.make_optimizer(oc, steps, params)
   state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
@@ -127,21 +128,10 @@ def compile_count(steps: int) -> int:
   return step._cache_size()
 
 
-def child(args):
-  report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
-
-
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--steps", type=int, default=3)
-  p.add_argument("--compile_steps", type=int, default=50)
-  p.add_argument("--frames", type=int, default=16)
-  p.add_argument("--size", type=int, default=224)
-  p.add_argument("--impl", choices=["jax", "torch"], help=argparse.SUPPRESS)
-  p.add_argument("--hf_dir", help=argparse.SUPPRESS)
-  args = p.parse_args()
-  if args.impl:
-    return child(args)
+  args = comparison_args(__doc__, run_jax, run_torch, compile_steps=50)
+  if args is None:
+    return
   import jax
   from flax import nnx
   from rewatch_jax import hf
