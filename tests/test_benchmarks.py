@@ -1,0 +1,21 @@
+"""The benchmark scripts still run (tiny sizes): they share the trainer's code and configs, and
+drift there broke one once without any test noticing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("script, extra", [("model_forward.py", []), ("train_step.py", ["--compile_steps", "2"])])
+def test_comparison_benchmark_runs(script, extra):
+  pytest.importorskip("torch", reason="the benchmarks compare against transformers on torch")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", script), "--steps", "1", "--frames", "2",
+                        "--size", "56", *extra], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "speed-up (tokens/s ours / HF)" in out.stdout
