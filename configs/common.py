@@ -31,6 +31,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       buckets=[dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)],
       workers=8,
       pad_id=151643,
+      batch_by_task=True,  # one task per batch, so each fits its task's smallest bucket
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-6, warmup_steps=100, schedule="cosine", final_lr_fraction=0.0,

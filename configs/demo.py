@@ -37,7 +37,11 @@ def get_config(arg: str | None = None):
   c.total_steps, c.checkpoint_every_steps, c.log_every_steps = 700, 100, 20
   c.data.batch_size, c.data.workers, c.data.pad_id = 8, 0, ids["<|endoftext|>"]
   c.data.weights.update(dict(caption=0.5, qa=1.0, cot=0.5))
-  c.data.buckets = [dict(length=512, patches=512, frame_block=64, loss_tokens=384)]
+  # One task per batch (data.batch_by_task), so each task's batches take its own bucket: direct
+  # QA <= 220 tokens (<= 13 trained), captions <= 333 (<= 169), CoT <= 434 (<= 140).
+  c.data.buckets = [dict(length=256, patches=512, frame_block=64, loss_tokens=16),
+                    dict(length=384, patches=512, frame_block=64, loss_tokens=192),
+                    dict(length=512, patches=512, frame_block=64, loss_tokens=384)]
   c.optimizer.update(dict(learning_rate=3e-3, warmup_steps=40, weight_decay=0.01))
   c.eval.update(dict(enabled=True, before=True, ablation="swap", batch_size=32, max_new_tokens=10,
                      bucket=dict(length=512, patches=512, frame_block=64, loss_tokens=1)))

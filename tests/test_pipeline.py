@@ -150,3 +150,17 @@ def test_swap_gives_each_question_another_videos_frames(data):
     assert sources and all(videos[j] != videos[i] for j in sources)
   # one video only: nothing can move
   assert swap_videos(batch["inputs"], ["v"] * len(videos))[1] == 0
+
+
+def test_batches_hold_one_task_and_take_its_smallest_bucket(data):
+  """batch_by_task (the default): QA batches fit a short bucket that captions and CoT overflow;
+  with it off, tasks share batches and every batch pads to the long bucket."""
+  short, long = pipeline.Bucket(length=200, patches=512, frame_block=64), BUCKETS[0]
+  lengths = {}
+  for by_task in (True, False):
+    pc = pipeline.PipelineConfig(data_dir=data, batch_size=4, buckets=[short, long], batch_by_task=by_task)
+    it = iter(pipeline.sft_dataset(pc, _cfg()))
+    batches = [next(it) for _ in range(12)]
+    lengths[by_task] = {(len(set(b["task"].tolist())), b["task"][0], b["inputs"].input_ids.shape[1]) for b in batches}
+  assert {(1, 1, 200), (1, 0, 640), (1, 2, 640)} == lengths[True]
+  assert all(n > 1 for n, _, _ in lengths[False])  # mixed batches

@@ -1,12 +1,13 @@
 """Grain pipelines from prepared ReWatch data to fixed-shape batches on the mesh.
 
-SFT mixes the caption / direct-QA / CoT sets by weight; RL yields prompts with their ground truth
-and caption (kept on the host for rewards); evaluation reads a set once, in order. Every process
-builds the same seeded global order (shuffle, repeat, mix) and reads only its own slice of it
+SFT mixes the caption / direct-QA / CoT sets by weight (by default one task per batch, so short
+QA batches use a short bucket); RL yields prompts with their ground truth and caption (kept on
+the host for rewards); evaluation reads a set once, in order. Every process builds the same seeded
+global order (shuffle, repeat, mix) and reads only its own slice of it
 (`process_index::process_count`), so global batch k holds the same examples whatever the number
-of processes (rows interleaved), and
-every batch is padded to one of a few static buckets (tokens, patch slots, frame block) so the
-trainer compiles once per bucket. Iterator state (`iterator.get_state()`) restores exactly.
+of processes (rows interleaved), and every batch is padded to one of a few static buckets (tokens,
+patch slots, frame block) so the trainer compiles once per bucket. Iterator state
+(`iterator.get_state()`) restores exactly.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class PipelineConfig:
   workers: int = 0  # Grain multiprocessing workers (0: in-process)
   read_threads: int = 4
   pad_id: int = 151643  # <|endoftext|>
+  # SFT: every batch holds one task (mixed by weight batch by batch, so example proportions are
+  # unchanged) and so fits that task's smallest bucket: direct-answer QA is far shorter than CoT.
+  # False: examples of all tasks share batches (each batch padded to its longest task's bucket).
+  batch_by_task: bool = True
 
 
 def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, task_ids, drop_remainder: bool):
@@ -144,8 +149,19 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   if unknown:
     raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
   parts = [source(pc.data_dir, t).shuffle(pc.seed + i).repeat() for i, t in enumerate(tasks)]
-  mixed = grain.MapDataset.mix(parts, [pc.weights[t] for t in tasks])
-  return _finish(_host_slice(mixed), pc, cfg, {t: i for i, t in enumerate(TASKS)}, drop_remainder=True)
+  weights, task_ids = [pc.weights[t] for t in tasks], {t: i for i, t in enumerate(TASKS)}
+  if not pc.batch_by_task:
+    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, task_ids, drop_remainder=True)
+  # Each process takes every process_count-th example of each task's stream, so global batch k of
+  # a task holds the same examples for any process count; the batch-level mix is deterministic.
+  collate = Collate(cfg, pc.buckets, pc.pad_id)
+  batches = [_host_slice(p).map(ToExample(cfg, task_ids)).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
+             for p in parts]
+  it = grain.MapDataset.mix(batches, weights).to_iter_dataset(
+      grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2))
+  if pc.workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
+  return it
 
 
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
