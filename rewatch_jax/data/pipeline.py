@@ -158,7 +158,7 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   batches = [_host_slice(p).map(ToExample(cfg, task_ids)).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
              for p in parts]
   it = grain.MapDataset.mix(batches, weights).to_iter_dataset(
-      grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2))
+      grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_threads))
   if pc.workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
   return it
