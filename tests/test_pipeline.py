@@ -104,6 +104,8 @@ def test_bucket_overflow_is_named(data):
   small = pipeline.PipelineConfig(data_dir=data, batch_size=2, buckets=[pipeline.Bucket(32, 512, 64)])
   with pytest.raises(ValueError, match="fits no bucket"):
     next(iter(pipeline.eval_dataset(small, pc, "qa")))
+  with pytest.raises(ValueError, match="fits no bucket"):  # SFT batches are collated per task
+    next(iter(pipeline.sft_dataset(small, pc)))
 
 
 def test_batches_go_onto_the_mesh_and_through_the_model(data):
