@@ -16,7 +16,7 @@ from flax import nnx
 
 from rewatch_jax import checkpoint as ckpt
 from rewatch_jax.data import pipeline
-from rewatch_jax.models import ModelConfig, Qwen25VL
+from rewatch_jax.models import ModelConfig, Qwen25VL, from_hf_inputs
 from rewatch_jax.train import sft
 from rewatch_jax.train.mesh import make_mesh
 
@@ -79,6 +79,45 @@ def test_one_compilation_for_many_steps_and_nonfinite_guard(prepared):
     np.testing.assert_array_equal(a, b)  # poisoned updates are never applied
   state, m = step(state, batch)
   assert int(state["bad_streak"]) == 0 and int(state["max_bad_streak"]) == 2 and step._cache_size() == compiled
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_bf16_parameters_keep_their_dtypes_and_compile_once(prepared, accum):
+  """The recipes train bf16 weights with bf16 AdamW moments: a step must hand back the state with
+  the types it took (first seen on a GPU: fp32 gradients turned the moments fp32 -> a retrace)."""
+  _, data_dir, _ = prepared
+  c = small_config()
+  c.model.param_dtype = c.model.dtype = "bfloat16"
+  mesh, state, step, it = _setup(c, data_dir, {"data": -1, "fsdp": 1, "tensor": 1}, accum)
+  batch, _ = pipeline.to_global(next(it), mesh)
+  types = jax.tree.map(lambda x: x.dtype, state)
+  assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {jnp.dtype(jnp.bfloat16)}
+  for _ in range(3):
+    state, m = step(state, batch)
+  assert jax.tree.map(lambda x: x.dtype, state) == types
+  assert step._cache_size() == 1 and float(m["applied"]) == 1 and np.isfinite(float(m["loss"]))
+
+
+def test_train_flops_count_the_model_matmuls():
+  """metrics.train_flops (the MFU numerator) against XLA's own count of the forward pass, which
+  computes attention over the full square (not only its causal half) and adds elementwise work."""
+  from rewatch_jax.train.metrics import train_flops
+  from tests.hf_reference import make_batch, tiny_config
+  cfg = tiny_config()
+  inputs = from_hf_inputs(cfg, **make_batch(cfg, [[7, ("video", (4, 16, 16), 1.0), 40]]))
+  trained = 16
+  graphdef, state = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+
+  def forward(state, inputs):
+    model = nnx.merge(graphdef, state)
+    return model.text.logits(model(inputs, return_hidden=True)[:, -trained:]).sum()
+
+  cost = jax.jit(forward).lower(state, jax.tree.map(jnp.asarray, inputs)).compile().cost_analysis()
+  xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  length, patches = inputs.input_ids.shape[1], inputs.pixel_values.shape[1]
+  ours = train_flops(cfg, length, patches, trained, inputs.frame_block) / 3
+  full_square = cfg.text.num_hidden_layers * 2 * length**2 * cfg.text.hidden_size
+  assert 0.85 < (ours + full_square) / xla <= 1.0
 
 
 def test_train_writes_metrics_and_restores_on_another_device_count(prepared, tmp_path):

@@ -22,6 +22,7 @@ from flax import nnx
 from rewatch_jax import checkpoint as ckpt
 from rewatch_jax.data import pipeline
 from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
+from rewatch_jax.models.configs import RUNTIME_FIELDS
 from rewatch_jax.models.sharding import axis_rules, param_shardings
 from rewatch_jax.train import metrics as M
 from rewatch_jax.train.mesh import make_mesh
@@ -38,10 +39,9 @@ class NonFiniteLossError(RuntimeError):
 def build_model(config, mesh) -> Qwen25VL:
   """From a Hugging Face folder, from a rewatch-jax checkpoint, or randomly initialised."""
   from rewatch_jax import hf
+  runtime = {k: config.model[k] for k in RUNTIME_FIELDS}
   if config.init_from_hf:
-    return hf.load_pretrained(config.init_from_hf, dtype=config.model.param_dtype, mesh=mesh,
-                              remat=config.model.remat)
-  runtime = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat)
+    return hf.load_pretrained(config.init_from_hf, mesh=mesh, **runtime)
   if config.init_from_checkpoint:
     return ckpt.load_model(config.init_from_checkpoint, mesh=mesh, **runtime)
   model = Qwen25VL(ModelConfig.from_dict(config.model.to_dict()), rngs=nnx.Rngs(config.seed))
@@ -113,24 +113,29 @@ def make_train_step(graphdef, tx, accum: int, num_tasks: int):
   def step(state, batch):
     params = state["params"]
 
-    def micro(carry, mb):
-      grads, sums = carry
+    def loss_and_grad(mb):
       def f(p):
         s, n, ts, tn = loss_sums(nnx.merge(graphdef, p), mb, num_tasks)
         return s, (n, ts, tn)
       (s, (n, ts, tn)), g = jax.value_and_grad(f, has_aux=True)(params)
-      grads = jax.tree.map(jnp.add, grads, g)
-      return (grads, jax.tree.map(jnp.add, sums, (s, n, ts, tn))), None
+      return g, (s, n, ts, tn)
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    init = (zeros, (jnp.zeros(()), jnp.zeros(()), jnp.zeros(num_tasks), jnp.zeros(num_tasks)))
+    def micro(carry, mb):  # gradients summed in fp32 whatever the parameter dtype
+      g, sums = loss_and_grad(mb)
+      grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[0], g)
+      return (grads, jax.tree.map(jnp.add, carry[1], sums)), None
+
     if accum == 1:
-      (grads, (s, n, ts, tn)), _ = micro(init, batch)
+      grads, (s, n, ts, tn) = loss_and_grad(batch)
     else:
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      init = (zeros, (jnp.zeros(()), jnp.zeros(()), jnp.zeros(num_tasks), jnp.zeros(num_tasks)))
       (grads, (s, n, ts, tn)), _ = jax.lax.scan(micro, init, _micro_batches(batch, accum))
     denom = jnp.maximum(n, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.global_norm(grads)
+    # Back to each parameter's dtype: the optimizer moments keep it (bf16 params, bf16 moments),
+    # so the state's types never change between steps (a change would retrace and recompile).
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
+    grad_norm = optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
     ok = jnp.isfinite(s) & jnp.isfinite(grad_norm)
     updates, new_opt = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
@@ -203,7 +208,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
   writer = M.MetricWriter(workdir if jax.process_index() == 0 else "")
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-  losses, pending, t_log, flops = [], [], time.perf_counter(), None
+  losses, pending, t_log = [], [], time.perf_counter()
   progress = _progress(start, config.total_steps)
   try:
     step = start
@@ -211,14 +216,12 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
       host = next(data)
       batch, meta = pipeline.to_global(host, mesh)
       with axis_rules(mesh):
-        if flops is None:
-          flops = _step_flops(step_fn, state, batch)
         state, m = step_fn(state, batch)
       step += 1
-      pending.append((step, m, meta["id"]))
+      pending.append((step, m, meta["id"], _model_flops(model.config, batch)))
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or stop["flag"]:
-        losses += _log(pending, writer, lr_schedule, progress, time.perf_counter() - t_log, state, config, flops)
+        losses += _log(pending, writer, lr_schedule, progress, time.perf_counter() - t_log, state, config)
         pending, t_log = [], time.perf_counter()
       if step % config.checkpoint_every_steps == 0 or last or stop["flag"]:
         manager.save(step, state, data)
@@ -240,21 +243,19 @@ def _progress(start, total):
               disable=jax.process_index() != 0)
 
 
-def _step_flops(step_fn, state, batch) -> float:
-  """FLOPs of one step, counted by XLA's cost analysis of the lowered program (0 if unavailable)."""
-  try:
-    cost = step_fn.lower(state, batch).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
-  except Exception:  # cost analysis is best-effort across backends
-    return 0.0
+def _model_flops(cfg: ModelConfig, batch) -> float:
+  """Model FLOPs of a step at its bucket's (padded) shape: metrics.train_flops for every row. The
+  same whichever attention kernel or remat policy runs, so MFU compares across them."""
+  x = batch["inputs"]
+  rows, length = x.input_ids.shape
+  return rows * M.train_flops(cfg, length, x.pixel_values.shape[1], batch["loss_index"].shape[1], x.frame_block)
 
 
-def _log(pending, writer, lr_schedule, progress, seconds, state, config, flops=0.0) -> list[float]:
+def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list[float]:
   """Fetch the interval's metrics in one transfer, write them, check for non-finite steps."""
-  fetched = jax.device_get([m for _, m, _ in pending])
+  fetched = jax.device_get([p[1] for p in pending])
   losses = []
-  for (step, _, ids), m in zip(pending, fetched):
+  for (step, _, ids, _), m in zip(pending, fetched):
     if not m["applied"]:
       print(f"step {step}: non-finite loss/gradient (loss={m['loss']}, grad_norm={m['grad_norm']}); "
             f"update skipped; batch ids {ids[:8]}")
@@ -266,8 +267,8 @@ def _log(pending, writer, lr_schedule, progress, seconds, state, config, flops=0
              grad_norm=float(m["grad_norm"]), tokens_per_sec=tokens / max(seconds, 1e-9),
              skipped_steps=float(sum(1 - x["applied"] for x in fetched)))
   peak = M.peak_flops(jax.devices()[0].device_kind)
-  if flops and peak:
-    row["mfu"] = flops * len(fetched) / max(seconds, 1e-9) / (peak * jax.device_count())
+  if peak:
+    row["mfu"] = sum(p[3] for p in pending) / max(seconds, 1e-9) / (peak * jax.device_count())
   for i, name in enumerate(TASK_NAMES):
     n = sum(float(x["task_tokens"][i]) for x in fetched)
     if n:
