@@ -57,6 +57,7 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "bfloat16"
   c.model.dtype = "bfloat16"
   c.model.remat = "full"
+  c.model.attention = "xla"  # "cudnn" on NVIDIA GPUs: the fused flash kernel (docs/model.md)
   if arg == "tiny":
     c.model = sft_config("tiny").model
     c.data.batch_size = 8

@@ -48,7 +48,7 @@ def save_model(model: Qwen25VL, directory: str, step: int = 0) -> None:
 def load_model(directory: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
                rules: Rules = DEFAULT_RULES, **config_overrides) -> Qwen25VL:
   """Restore the parameters of `step` (default: latest) into a model, sharded on `mesh` if given.
-  `config_overrides` may change runtime options (dtype, param_dtype, remat), not the architecture."""
+  `config_overrides` may change runtime options (dtype, param_dtype, remat, attention), not the architecture."""
   cfg = read_model_config(directory, **config_overrides)
   abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)

@@ -149,7 +149,7 @@ def load_pretrained(hf_dir: str, dtype: str = "float32", mesh: jax.sharding.Mesh
   """
   local, cleanup = _local_dir(hf_dir)
   try:
-    cfg = load_config(local, param_dtype=dtype, dtype=dtype, **runtime)
+    cfg = load_config(local, **{"param_dtype": dtype, "dtype": dtype, **runtime})
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     targets = {tuple(path): var for path, var in nnx.to_flat_state(state)}
@@ -183,7 +183,7 @@ def load_pretrained(hf_dir: str, dtype: str = "float32", mesh: jax.sharding.Mesh
       with safe_open(path, framework="numpy") as f:
         for name in names:
           ours, kind = expected[name]
-          value = np.ascontiguousarray(to_ours(f.get_tensor(located[name][1]), kind)).astype(jnp.dtype(dtype))
+          value = np.ascontiguousarray(to_ours(f.get_tensor(located[name][1]), kind)).astype(jnp.dtype(cfg.param_dtype))
           value = jax.device_put(value, shardings[ours]) if shardings else jnp.asarray(value)
           targets[ours].set_value(value)
     return nnx.merge(graphdef, state)

@@ -158,6 +158,26 @@ def test_bad_configs_are_named():
     cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "out_hidden_size": 48})).validate()
   with pytest.raises(ConfigError, match="fullatt_block_indexes"):
     cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "fullatt_block_indexes": (5,)})).validate()
+  with pytest.raises(ConfigError, match="attention must be xla|cudnn"):
+    cfg.replace(attention="flash").validate()
+  with pytest.raises(ConfigError, match="needs dtype='bfloat16'"):
+    cfg.replace(attention="cudnn").validate()
+
+
+def test_causal_only_attention_is_exact_on_right_padded_rows():
+  """What attention='cudnn' computes (causal, no padding mask; run here with JAX's XLA reference
+  of the same call) equals our masked attention on every real token, in bf16 with grouped KV."""
+  from rewatch_jax.models.layers import attention, causal_attention
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((2, 48, 8, 16)), jnp.bfloat16)
+  k, v = (jnp.asarray(rng.standard_normal((2, 48, 2, 16)), jnp.bfloat16) for _ in range(2))
+  valid = np.arange(48)[None] < np.array([[48], [30]])  # the second row ends in padding
+  mask = jnp.asarray(valid[:, None, :] & np.tril(np.ones((48, 48), bool))[None])
+  ours = np.asarray(causal_attention(q, k, v, mask, "xla"), np.float32)
+  fused = np.asarray(causal_attention(q, k, v, mask, impl=None), np.float32)  # jax picks xla on CPU
+  np.testing.assert_allclose(fused[valid], ours[valid], atol=0.02)
+  assert np.abs(fused[~valid] - ours[~valid]).max() > 0.05  # only padding rows differ
+  np.testing.assert_array_equal(np.asarray(attention(q, k, v, mask), np.float32), ours)
 
 
 def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):

@@ -70,6 +70,11 @@ class TextConfig:
     return self.hidden_size // self.num_attention_heads
 
 
+# ModelConfig fields that change numerics or memory, not the architecture or the weights: a
+# checkpoint or HF folder can be loaded with any of them.
+RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "attention")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture (first block) plus numerics/runtime options (second block)."""
@@ -85,6 +90,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype of matmuls; norms, rotary, softmax and logits stay fp32
   remat: str = "none"  # none | full | dots (save matmul outputs) -- applied per decoder/vision block
+  # Text self-attention without a KV cache (training, scoring): "xla" (einsum, fp32 softmax, any
+  # mask) or "cudnn" (jax.nn.dot_product_attention's fused flash kernel; NVIDIA GPUs, bf16/fp16,
+  # causal only, so batches must be right-padded as our collators make them). Decoding with a
+  # cache and the vision tower's small block-diagonal attention always use "xla".
+  attention: str = "xla"
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -119,6 +129,10 @@ class ModelConfig:
         problems.append(f"{name} must be float32 or bfloat16, got {value!r}")
     if self.remat not in ("none", "full", "dots"):
       problems.append(f"remat must be none|full|dots, got {self.remat!r}")
+    if self.attention not in ("xla", "cudnn"):
+      problems.append(f"attention must be xla|cudnn, got {self.attention!r}")
+    if self.attention == "cudnn" and self.dtype != "bfloat16":
+      problems.append("attention='cudnn' needs dtype='bfloat16' (the fused kernel has no fp32 path)")
     if problems:
       raise ConfigError("Invalid Qwen2.5-VL config: " + "; ".join(problems))
     return self

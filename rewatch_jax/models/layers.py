@@ -79,6 +79,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return out.reshape(b, t, h, d)
 
 
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str | None) -> jax.Array:
+  """Causal self-attention over right-padded rows. "xla": `attention` with the exact mask;
+  otherwise `jax.nn.dot_product_attention(implementation=impl)` ("cudnn": the fused flash kernel),
+  causal only, which gives the same result on every real token (a real token's causal window holds
+  no padding) and ignores `mask`."""
+  if impl == "xla":
+    return attention(q, k, v, mask)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+
+
 def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array,
                     block: int) -> jax.Array:
   """Block-diagonal bidirectional attention: rows attend within their block of `block` (static)

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rewatch_jax.models.configs import ModelConfig
-from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, attention, param, remat, rotate
+from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, attention, causal_attention, param, remat, rotate
 from rewatch_jax.models.sharding import constrain
 
 
@@ -51,6 +51,7 @@ class Attention(nnx.Module):
     self.v_proj = Linear(t.hidden_size, kv, ("embed", "kv_heads"), bias=True, **kw)
     self.o_proj = Linear(t.hidden_size, t.hidden_size, ("heads", "embed"), bias=False, **kw)
     self.heads, self.kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    self.impl = cfg.attention
 
   def __call__(self, x, cos, sin, mask, kv=None):
     """mask: (B, T, S). kv: None, or (k_cache, v_cache, index) for layer-local cache slots."""
@@ -62,7 +63,10 @@ class Attention(nnx.Module):
       k_cache, v_cache, index = kv
       k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
-    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+    if kv is None:
+      out = causal_attention(q, k, v, mask, self.impl)
+    else:
+      out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out.reshape(b, n, -1)), (k, v)
 
 
