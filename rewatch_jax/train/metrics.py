@@ -45,3 +45,22 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
 
 def peak_flops(device_kind: str) -> float | None:
   return next((v for k, v in PEAK_FLOPS.items() if device_kind.startswith(k)), None)
+
+
+def train_flops(cfg, tokens: int, patches: int, trained: int, frame_block: int) -> float:
+  """Model FLOPs of one forward + backward (3x forward; rematerialisation not counted) of one
+  sequence: `tokens` causal text positions, `patches` vision patch slots (window/full attention
+  over `frame_block`-slot frames), logits at `trained` positions. Matmuls only (2 per MAC): the
+  standard MFU numerator, independent of which attention kernel or remat policy runs."""
+  t, v = cfg.text, cfg.vision
+  d, kv = t.hidden_size, t.num_key_value_heads * t.head_dim
+  text = t.num_hidden_layers * (2 * tokens * (2 * d * d + 2 * d * kv + 3 * d * t.intermediate_size)
+                                + 2 * tokens * tokens * d)  # QK^T and PV: 4 T^2 d, halved by causality
+  logits = 2 * trained * d * t.vocab_size
+  e, full = v.hidden_size, len(v.fullatt_block_indexes)
+  window = v.window_merged**2 * v.merge_unit
+  width = e * v.merge_unit
+  vision = (2 * patches * (v.patch_dim * e + v.depth * (4 * e * e + 3 * e * v.intermediate_size))
+            + 4 * patches * e * (full * frame_block + (v.depth - full) * window)
+            + 2 * (patches // v.merge_unit) * width * (width + v.out_hidden_size))
+  return 3.0 * (text + logits + vision)
