@@ -188,3 +188,101 @@ def test_header_probe_agrees_with_ffmpeg(tmp_path):
   mkv = tmp_path / "c.mkv"
   _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=2:size=64x48:rate=10", "-c:v", "libx264", str(mkv))
   assert V._mp4_probe(str(mkv)) is None and load_video(str(mkv)).frames.shape[0] == 4  # ffmpeg path
+
+
+# ---- unsampled non-reference frames are dropped before the decoder, with identical results ----
+
+def make_bframe_video(path, *extra, seconds=10, fps=20, audio=False):
+  sound = ["-f", "lavfi", "-i", f"sine=duration={seconds}", "-c:a", "aac"] if audio else []
+  _ffmpeg("-f", "lavfi", "-i", f"testsrc2=duration={seconds}:size=128x96:rate={fps}", *sound, *extra,
+          "-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-pix_fmt", "yuv420p", str(path))
+  return str(path)
+
+
+def _decode_both_ways(path, monkeypatch):
+  """load_video as it is and with the drop disabled, and the ffmpeg argument lists of each."""
+  runs, real = [], V._run
+  monkeypatch.setattr(V, "_run", lambda args, *a: runs.append(args) or real(args, *a))
+  fast = load_video(path)
+  fast_runs = runs[:]
+  with monkeypatch.context() as m:
+    m.setattr(V, "_drop_plan", lambda *a: None)
+    runs.clear()
+    plain = load_video(path)
+  return fast, fast_runs, plain, runs
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["one slice", "3 slices and audio"])
+def test_bframes_dropped_with_identical_frames(tmp_path, monkeypatch, sliced):
+  extra = ("-x264-params", "slices=3") if sliced else ()
+  path = make_bframe_video(tmp_path / "b.mp4", *extra, audio=sliced)
+  info = V.probe(path)
+  unique = np.unique(V.sample_indices(info.total_frames, V.smart_nframes(VideoSpec(), info.total_frames, info.fps)))
+  drop, select, _ = V._drop_plan(path, unique, info.total_frames)
+  assert len(drop) > info.total_frames // 4 and not np.array_equal(select, unique)  # not vacuous
+  fast, fast_runs, plain, plain_runs = _decode_both_ways(path, monkeypatch)
+  assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0]  # one decode, with the drop, no fallback
+  assert len(plain_runs) == 1 and "-/bsf:v" not in plain_runs[0]
+  np.testing.assert_array_equal(fast.frames, plain.frames)
+  np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
+
+
+def test_no_bframes_nothing_dropped(tmp_path, monkeypatch):
+  path = make_video(tmp_path / "p.mp4", seconds=4)  # ultrafast: no B-frames, every frame a reference
+  assert V._avc_frames(path) is None and V._drop_plan(path, np.arange(8), 40) is None
+  fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
+  assert len(fast_runs) == 1 and "-/bsf:v" not in fast_runs[0]
+  np.testing.assert_array_equal(fast.frames, plain.frames)
+
+
+def test_misread_frame_table_falls_back(tmp_path, monkeypatch):
+  """A table that disagrees with ffmpeg (here: the non-reference flags shifted by one frame) is
+  caught by the timestamps, and the video is decoded again, every frame."""
+  path = make_bframe_video(tmp_path / "b.mp4", seconds=4)
+  order, nonref, times = V._avc_frames(path)
+  monkeypatch.setattr(V, "_avc_frames", lambda p: (order, np.roll(nonref, 1), times))
+  fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
+  assert len(fast_runs) == 2 and "-/bsf:v" in fast_runs[0] and "-/bsf:v" not in fast_runs[1]
+  np.testing.assert_array_equal(fast.frames, plain.frames)
+  np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
+
+
+def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
+  """A damaged table is never trusted: no crash, and the result (frames or error) is the one of
+  decoding every frame."""
+  path = make_bframe_video(tmp_path / "b.mp4", seconds=4)
+  data = open(path, "rb").read()
+  with open(path, "rb") as f:
+    _, _, stbl = V._video_track(f)
+    box = {k: V._child(f, *stbl, k) for k in ("stsd", "stsz", "stco", "stsc", "ctts")}
+    avcc = V._child(f, box["stsd"][0] + 16 + 78, box["stsd"][1], "avcC")
+  first_sample = int.from_bytes(data[box["stco"][0] + 8:box["stco"][0] + 12], "big")
+  edits = {  # name: (offset, new bytes, the table is rejected)
+      "stsz count huge": (box["stsz"][0] + 8, b"\xff\xff\xff\xff", True),
+      "stsz count short": (box["stsz"][0] + 8, (5).to_bytes(4, "big"), False),  # consistent: 5 frames
+      "stco past the end": (box["stco"][0] + 8, (len(data) - 10).to_bytes(4, "big"), True),
+      "stsc from chunk 0": (box["stsc"][0] + 8, (0).to_bytes(4, "big"), True),
+      "ctts count huge": (box["ctts"][0] + 4, b"\x7f\xff\xff\xff", True),
+      "avcC 3-byte lengths": (avcc[0] + 4, b"\xfe", True),
+      "NAL length garbage": (first_sample, b"\xff\xff\xff\xff", False),  # that sample: a reference
+  }
+  for name, (at, patch, rejected) in edits.items():
+    bad = str(tmp_path / f"{name}.mp4")
+    open(bad, "wb").write(data[:at] + patch + data[at + len(patch):])
+    assert (V._avc_frames(bad) is None) == rejected, name
+    results = []
+    for drop in (True, False):
+      with monkeypatch.context() as m:
+        if not drop:
+          m.setattr(V, "_drop_plan", lambda *a: None)
+        try:
+          results.append(load_video(bad))
+        except VideoError as e:
+          results.append(str(e))
+    if isinstance(results[1], str):
+      assert results[0] == results[1], name
+    else:
+      np.testing.assert_array_equal(results[0].frames, results[1].frames, err_msg=name)
+      np.testing.assert_array_equal(results[0].timestamps, results[1].timestamps, err_msg=name)
+  (tmp_path / "cut.mp4").write_bytes(data[:box["stsz"][0] + 40])  # the file ends inside the table
+  assert V._avc_frames(str(tmp_path / "cut.mp4")) is None

@@ -4,7 +4,8 @@ Frame count and size follow qwen-vl-utils (`smart_nframes`, `smart_resize`): the
 Qwen2.5-VL and ReWatch-R1 use, re-implemented here. Decoding runs the ffmpeg shipped by
 `imageio-ffmpeg` as a subprocess (arguments as a list, never a shell): it selects the sampled
 frames and scales them inside ffmpeg, so Python only ever sees the small resized frames, and the
-frames' true presentation times come back from ffmpeg's `showinfo`.
+frames' true presentation times come back from ffmpeg's `showinfo`. In H.264 MP4s, the packets of
+unsampled non-reference frames are dropped before the decoder (`_drop_plan`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -187,61 +189,168 @@ def _child(f, start, end, kind):
   return next(((a, b) for k, a, b in _boxes(f, start, end) if k == kind), None)
 
 
+def _video_track(f):
+  """(trak, mdia, stbl) payload spans of the first video track of an MP4/MOV, or None."""
+  moov = _child(f, 0, os.fstat(f.fileno()).st_size, "moov")
+  for kind, a, b in _boxes(f, *moov) if moov else ():
+    mdia = _child(f, a, b, "mdia") if kind == "trak" else None
+    hdlr = mdia and _child(f, *mdia, "hdlr")
+    if hdlr:
+      f.seek(hdlr[0] + 8)
+      if f.read(4) == b"vide":
+        return (a, b), mdia, _child(f, *_child(f, *mdia, "minf"), "stbl")
+  return None
+
+
+def _edit_start(f, trak) -> int | None:
+  """Media time where the track's single edit starts (0 without an edit list); None for several
+  edits or an empty edit (a delay)."""
+  edts = _child(f, *trak, "edts")
+  if not edts:
+    return 0
+  elst = _child(f, *edts, "elst")
+  f.seek(elst[0])
+  version, count = f.read(1)[0], struct.unpack(">3xI", f.read(7))[0]
+  f.seek(8 if version else 4, 1)  # segment duration
+  media_time = struct.unpack(">q" if version else ">i", f.read(8 if version else 4))[0] if count else 0
+  return None if count > 1 or media_time < 0 else media_time
+
+
 def _mp4_probe(path: str) -> Probe | None:
   """Read size, frame count and duration of the first video track from an MP4/MOV header in
   Python (no subprocess). None when the file is not a plain MP4 (or has an edit list that
   shifts frames): the caller then asks ffmpeg."""
   try:
     with open(path, "rb") as f:
-      end = os.fstat(f.fileno()).st_size
-      moov = _child(f, 0, end, "moov")
-      if moov is None:
+      track = _video_track(f)
+      if track is None or _edit_start(f, track[0]) is None:  # several edits or a delay: ask ffmpeg
         return None
-      for kind, a, b in _boxes(f, *moov):
-        if kind != "trak":
-          continue
-        mdia = _child(f, a, b, "mdia")
-        hdlr = mdia and _child(f, *mdia, "hdlr")
-        if not hdlr:
-          continue
-        f.seek(hdlr[0] + 8)
-        if f.read(4) != b"vide":
-          continue
-        edts = _child(f, a, b, "edts")
-        if edts:
-          elst = _child(f, *edts, "elst")
-          f.seek(elst[0])
-          version, count = f.read(1)[0], struct.unpack(">3xI", f.read(7))[0]
-          f.seek(8 if version else 4, 1)  # segment duration
-          media_time = struct.unpack(">q" if version else ">i", f.read(8 if version else 4))[0] if count else 0
-          if count > 1 or media_time < 0:  # several edits, or an empty edit (delay): ask ffmpeg
-            return None
-        stbl = _child(f, *_child(f, *mdia, "minf"), "stbl")
-        f.seek(_child(f, *stbl, "stsd")[0] + 8 + 32)  # coded size in the visual sample entry
-        width, height = struct.unpack(">HH", f.read(4))
-        tkhd = _child(f, a, b, "tkhd")
-        f.seek(tkhd[1] - 44)
-        m = struct.unpack(">9i", f.read(36))
-        if m[0] == 0 and m[4] == 0:  # rotated by 90 or 270 degrees: ffmpeg autorotates
-          width, height = height, width
-        mdhd = _child(f, *mdia, "mdhd")
-        f.seek(mdhd[0])
-        version = f.read(1)[0]
-        f.seek(mdhd[0] + (20 if version else 12))
-        timescale = struct.unpack(">I", f.read(4))[0]
-        stsz, stts = _child(f, *stbl, "stsz"), _child(f, *stbl, "stts")
-        f.seek(stsz[0] + 8)
-        total = struct.unpack(">I", f.read(4))[0]
-        f.seek(stts[0] + 4)
-        (n,) = struct.unpack(">I", f.read(4))
-        ticks = sum(c * d for c, d in struct.iter_unpack(">II", f.read(8 * n)))
-        if not (total and ticks and timescale and width and height):
-          return None
-        duration = ticks / timescale
-        return Probe(width, height, total / duration, total, duration)
+      trak, mdia, stbl = track
+      f.seek(_child(f, *stbl, "stsd")[0] + 8 + 32)  # coded size in the visual sample entry
+      width, height = struct.unpack(">HH", f.read(4))
+      tkhd = _child(f, *trak, "tkhd")
+      f.seek(tkhd[1] - 44)
+      m = struct.unpack(">9i", f.read(36))
+      if m[0] == 0 and m[4] == 0:  # rotated by 90 or 270 degrees: ffmpeg autorotates
+        width, height = height, width
+      timescale = _timescale(f, mdia)
+      stsz, stts = _child(f, *stbl, "stsz"), _child(f, *stbl, "stts")
+      f.seek(stsz[0] + 8)
+      total = struct.unpack(">I", f.read(4))[0]
+      f.seek(stts[0] + 4)
+      (n,) = struct.unpack(">I", f.read(4))
+      ticks = sum(c * d for c, d in struct.iter_unpack(">II", f.read(8 * n)))
+      if not (total and ticks and timescale and width and height):
+        return None
+      duration = ticks / timescale
+      return Probe(width, height, total / duration, total, duration)
   except (OSError, struct.error, TypeError, IndexError):
     return None
-  return None
+
+
+def _timescale(f, mdia) -> int:
+  mdhd = _child(f, *mdia, "mdhd")
+  f.seek(mdhd[0])
+  version = f.read(1)[0]
+  f.seek(mdhd[0] + (20 if version else 12))
+  return struct.unpack(">I", f.read(4))[0]
+
+
+def _rows(f, box, width: int, dtype: str = ">u4", skip: int = 0) -> np.ndarray:
+  """The table of a full box: version/flags, `skip` bytes, a 32-bit count, then count rows of
+  `width` fields. Raises ValueError when the table does not fit in the box."""
+  f.seek(box[0] + 4 + skip)
+  (count,) = struct.unpack(">I", f.read(4))
+  size = count * width * np.dtype(dtype).itemsize
+  if box[0] + 8 + skip + size > box[1]:
+    raise ValueError("sample table overruns its box")
+  return np.frombuffer(f.read(size), dtype).reshape(count, width).astype(np.int64)
+
+
+def _runs(counts: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+  """The first n of `values[i]` repeated `counts[i]` times (a run-length sample table)."""
+  which = np.searchsorted(np.cumsum(counts), np.arange(n), side="right")
+  if n and which[-1] >= len(values):
+    raise ValueError("sample table shorter than the sample count")
+  return values[which]
+
+
+_VCL = {1, 2, 3, 4, 5, 20, 21}  # coded slice NAL unit types (partitions, IDR, MVC/3D extensions)
+
+
+def _is_nonref(m, pos: int, end: int, nal_len: int) -> bool:
+  """True when an AVC sample (length-prefixed NAL units in [pos, end)) is a non-reference
+  picture: every slice is a plain slice (type 1) with nal_ref_idc 0, and the NAL units tile the
+  sample exactly. Anything else (IDR, a reference slice, an odd layout) is False."""
+  slices = 0
+  while pos + nal_len < end:
+    header = m[pos + nal_len]
+    if header & 0x1F in _VCL:
+      if header != 0x01:  # forbidden bit 0, nal_ref_idc 0, type 1 (a non-IDR slice)
+        return False
+      slices += 1
+    pos += nal_len + int.from_bytes(m[pos:pos + nal_len], "big")
+  return slices > 0 and pos == end
+
+
+def _avc_frames(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """For the H.264 (avc1/avc3) video track of an MP4, per frame in display order: its decode
+  index, whether it is a non-reference picture (no other frame predicts from it, so when it is
+  not sampled its packet can be dropped before the decoder), and its presentation time in seconds
+  from the first frame. None for any other codec or layout, or a table this parser does not
+  trust; the caller then decodes every frame."""
+  try:
+    with open(path, "rb") as f:
+      track = _video_track(f)
+      if track is None:
+        return None
+      trak, mdia, stbl = track
+      edit = _edit_start(f, trak)
+      stsd = _child(f, *stbl, "stsd")
+      f.seek(stsd[0] + 4)
+      entries, size, codec = struct.unpack(">II4s", f.read(12))
+      if edit is None or entries != 1 or codec not in (b"avc1", b"avc3"):
+        return None
+      avcc = _child(f, stsd[0] + 16 + 78, stsd[0] + 8 + size, "avcC")  # after the visual sample entry
+      f.seek(avcc[0] + 4)
+      nal_len = (f.read(1)[0] & 3) + 1
+      box = lambda kind: _child(f, *stbl, kind)
+      f.seek(box("stsz")[0] + 4)
+      uniform, count = struct.unpack(">II", f.read(8))
+      if not count or uniform * count > os.fstat(f.fileno()).st_size:
+        return None
+      sizes = np.full(count, uniform, np.int64) if uniform else _rows(f, box("stsz"), 1, skip=4)[:, 0]
+      chunks = _rows(f, box("stco"), 1)[:, 0] if box("stco") else _rows(f, box("co64"), 1, ">u8")[:, 0]
+      stsc = _rows(f, box("stsc"), 3)
+      stts = _rows(f, box("stts"), 2)
+      ctts = _rows(f, box("ctts"), 2) if box("ctts") else np.array([[count, 0]])
+      timescale = _timescale(f, mdia)
+      # stsc: runs of chunks (numbered from 1) with the same number of samples
+      first = stsc[:, 0] - 1
+      if nal_len == 3 or not (len(first) and first[0] == 0 and first[-1] < len(chunks)) or np.any(np.diff(first) <= 0):
+        return None
+      per_chunk = _runs(np.diff(np.append(first, len(chunks))), stsc[:, 1], len(chunks))
+      chunk = _runs(per_chunk, np.arange(len(chunks)), count)
+      starts = np.cumsum(sizes) - sizes
+      offsets = chunks[chunk] + starts - starts[np.searchsorted(chunk, chunk)]
+      deltas = _runs(stts[:, 0], stts[:, 1], count)
+      dts = np.cumsum(deltas) - deltas
+      cts = dts + _runs(ctts[:, 0], ctts[:, 1], count).astype(np.uint32).view(np.int32)
+      if edit > cts.min():  # the edit cuts frames off: the demuxer's packet numbering may differ
+        return None
+      with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if (offsets + sizes).max() > len(m) or offsets.min() < 0:
+          return None
+        spans = list(zip(offsets.tolist(), (offsets + sizes).tolist()))
+        head = [_is_nonref(m, a, b, nal_len) for a, b in spans[:64]]
+        if not any(head):  # encoders that make non-reference pictures make them from the start
+          return None
+        nonref = np.array(head + [_is_nonref(m, a, b, nal_len) for a, b in spans[64:]])
+  except (OSError, struct.error, TypeError, IndexError, ValueError):
+    return None
+  order = np.argsort(cts, kind="stable")
+  times = (cts[order] - cts[order[0]]) / timescale
+  return order, nonref[order], times
 
 
 def probe(path: str, timeout: float = 60.0) -> Probe:
@@ -291,6 +400,66 @@ def _sum_tree(terms: list[str]) -> str:
   return f"({_sum_tree(terms[:mid])}+{_sum_tree(terms[mid:])})"
 
 
+def _member_tree(values: list[int]) -> str:
+  """ffmpeg expression: 1 when n is in the sorted `values`, as a binary search (if() evaluates one
+  branch, so a packet costs O(log len) comparisons, not one per value)."""
+  if len(values) <= 3:
+    return "+".join(f"eq(n\\,{v})" for v in values)
+  mid = len(values) // 2
+  return f"if(lt(n\\,{values[mid]})\\,{_member_tree(values[:mid])}\\,{_member_tree(values[mid:])})"
+
+
+def _drop_plan(path: str, unique: np.ndarray, total: int):
+  """(decode-order packet numbers to drop, the sampled frames' numbers among the frames left, the
+  sampled frames' times from the first frame) or None when nothing can be dropped.
+
+  A non-reference H.264 picture that is not sampled need not be decoded at all: no other frame
+  predicts from it. Dropping its packet before the decoder (x264's default B-frames are ~45% of
+  all frames) leaves every other frame bit-identical, and the sampled frames are then found by
+  their rank among the frames left."""
+  table = _avc_frames(path)
+  if table is None or len(table[0]) != total:
+    return None
+  order, nonref, times = table
+  keep = ~nonref
+  keep[unique] = True
+  if keep.all():
+    return None
+  return np.sort(order[~keep]), (np.cumsum(keep) - 1)[unique], times[unique]
+
+
+def _decode(path: str, select: np.ndarray, drop: np.ndarray | None, height: int, width: int, spec: VideoSpec,
+            threads: int, timeout: float) -> tuple[np.ndarray, np.ndarray | None]:
+  """Frames number `select` (sorted, among the frames the decoder outputs, in display order) and
+  their showinfo times (None when they could not be read). `drop`: packets (numbered in decode
+  order) discarded by a bitstream filter before the decoder."""
+  with tempfile.TemporaryDirectory() as tmp:
+    # The select expression can be long (192 terms): pass it through a filter script file, as a
+    # balanced sum (ffmpeg's expression parser fails on ~100 terms chained linearly).
+    filters, bsf = os.path.join(tmp, "filters.txt"), os.path.join(tmp, "bsf.txt")
+    with open(filters, "w") as f:
+      select_expr = _sum_tree(["eq(n\\," + str(i) + ")" for i in select])
+      f.write(f"select='{select_expr}',scale={width}:{height}:flags={spec.interpolation},showinfo=checksum=0")
+    pre = []
+    if drop is not None:
+      with open(bsf, "w") as f:
+        f.write(f"noise=drop={_member_tree(drop.tolist())}")
+      pre = ["-/bsf:v", bsf]  # an input option: applies to the demuxed packets
+    out = _run(["-threads", str(threads), "-filter_threads", "1", "-an", "-sn", "-dn", *pre, "-i", path,
+                "-map", "0:v:0", "-/filter:v", filters, "-fps_mode", "passthrough",
+                "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, timeout)
+  err = out.stderr.decode(errors="replace")
+  frame_bytes = height * width * 3
+  got = len(out.stdout) // frame_bytes
+  if out.returncode != 0 or got == 0:
+    raise VideoError(f"{path}: decoding failed after {got} of {len(select)} frames ({_last_error(err)})")
+  if got < len(select):
+    raise VideoError(f"{path}: truncated or corrupt: decoded {got} of {len(select)} sampled frames")
+  frames = np.frombuffer(out.stdout[:got * frame_bytes], np.uint8).reshape(got, height, width, 3)
+  pts = np.array([float(t) for _, t in _PTS.findall(err)][:got])
+  return frames, (pts if len(pts) == got else None)
+
+
 def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeout: float = 600.0) -> Video:
   """Decode `path` into the spec's frames. Raises VideoError (a ValueError) naming the file.
 
@@ -306,26 +475,22 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
     raise VideoError(f"{path}: {e} ({info.total_frames} frames, {info.width}x{info.height})") from e
   indices = sample_indices(info.total_frames, n)
   unique = np.unique(indices)
-  with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=True) as expr_file:
-    # The select expression can be long (192 terms): pass it through a filter script file, as a
-    # balanced sum (ffmpeg's expression parser fails on ~100 terms chained linearly).
-    select = _sum_tree(["eq(n\\," + str(i) + ")" for i in unique])
-    expr_file.write(f"select='{select}',scale={width}:{height}:flags={spec.interpolation},showinfo=checksum=0")
-    expr_file.flush()
-    out = _run(["-threads", str(threads), "-filter_threads", "1", "-an", "-sn", "-dn", "-i", path, "-map", "0:v:0",
-                "-/filter:v", expr_file.name, "-fps_mode", "passthrough",
-                "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, timeout)
-  err = out.stderr.decode(errors="replace")
-  frame_bytes = height * width * 3
-  got = len(out.stdout) // frame_bytes
-  if out.returncode != 0 or got == 0:
-    raise VideoError(f"{path}: decoding failed after {got} of {len(unique)} frames ({_last_error(err)})")
-  if got < len(unique):
-    raise VideoError(f"{path}: truncated or corrupt: decoded {got} of {len(unique)} sampled frames")
-  frames = np.frombuffer(out.stdout[:got * frame_bytes], np.uint8).reshape(got, height, width, 3)
-  pts = np.array([float(t) for _, t in _PTS.findall(err)][:got])
-  if len(pts) != got:
-    pts = unique[:got] / info.fps
+  decoded = None
+  plan = _drop_plan(path, unique, info.total_frames)
+  if plan is not None:
+    drop, select, times = plan
+    try:
+      decoded = _decode(path, select, drop, height, width, spec, threads, timeout)
+    except VideoError:
+      pass  # decoded again below, every frame, for the error message of the plain path
+    # The frames must be the sampled ones: their times from ffmpeg must match the MP4 table's.
+    if decoded is not None and (decoded[1] is None or np.abs(decoded[1] - decoded[1][0] - times).max() > 0.5 / info.fps):
+      decoded = None
+  if decoded is None:
+    decoded = _decode(path, unique, None, height, width, spec, threads, timeout)
+  frames, pts = decoded
+  if pts is None:
+    pts = unique / info.fps
   position = np.searchsorted(unique, indices)  # repeated indices (short videos) reuse a frame
   return Video(frames=frames[position], timestamps=pts[position], path=path, source_fps=info.fps,
                total_frames=info.total_frames, duration=info.duration, spec_hash=spec.hash)
