@@ -484,7 +484,7 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
     except VideoError:
       pass  # decoded again below, every frame, for the error message of the plain path
     # The frames must be the sampled ones: their times from ffmpeg must match the MP4 table's.
-    if decoded is not None and (decoded[1] is None or np.abs(decoded[1] - decoded[1][0] - times).max() > 0.5 / info.fps):
+    if decoded is not None and (decoded[1] is None or np.abs(decoded[1] - decoded[1][0] - (times - times[0])).max() > 0.5 / info.fps):
       decoded = None
   if decoded is None:
     decoded = _decode(path, unique, None, height, width, spec, threads, timeout)
