@@ -36,22 +36,28 @@ def loss_arrays(ids: np.ndarray):
 def run_jax(hf_dir, args):
   import jax
   import jax.numpy as jnp
-  from flax import nnx
   from rewatch_jax import hf
   from rewatch_jax.models import from_hf_inputs
-  from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
   model = hf.load_pretrained(hf_dir)
   raw = make_inputs(model.config, args.frames, args.size)
   index, targets, weights = loss_arrays(raw["input_ids"])
   batch = dict(inputs=from_hf_inputs(model.config, **raw), loss_index=index, loss_targets=targets,
                loss_weights=weights, task=np.ones(len(index), np.int32))
   batch = jax.tree.map(jnp.asarray, batch)
-  mesh = make_mesh({"data": 1}, jax.devices()[:1])
-  oc = _optimizer(1e-5)
+  first, times, _ = time_train_step(model, batch, args.steps)
+  return first, times, int(raw["input_ids"].size)
+
+
+def time_train_step(model, batch, steps: int):
+  """The trainer's jitted SFT step (its optimizer, constant rate, one device) on `batch`: seconds
+  of the first call, of each of `steps` more, and the jitted step (for its compile count)."""
+  import jax
+  from flax import nnx
+  from rewatch_jax.train import sft
+  from rewatch_jax.train.mesh import make_mesh
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
-  tx, _ = sft.make_optimizer(oc, 100, params)
-  state, shardings = sft.init_state(params, tx, mesh, 0)
+  tx, _ = sft.make_optimizer(_optimizer(1e-5), 100, params)
+  state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
   step = sft.jit_train_step(graphdef, tx, 1, shardings)
   box = {"state": state}
 
@@ -59,8 +65,8 @@ def run_jax(hf_dir, args):
     box["state"], m = step(box["state"], batch)
     jax.block_until_ready(m)
 
-  first, times = time_steps(one, args.steps)
-  return first, times, int(raw["input_ids"].size)
+  first, times = time_steps(one, steps)
+  return first, times, step
 
 
 def run_torch(hf_dir, args):

@@ -59,9 +59,7 @@ def run_jax(args, attention: str) -> dict:
   import jax.numpy as jnp
   from flax import nnx
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
-  from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
-  from train_step import _optimizer
+  from train_step import time_train_step
   jax.config.update("jax_explain_cache_misses", True)  # a retrace would show in the table's stderr
   if attention == "cudnn" and not args.no_check:
     check_cudnn(args)
@@ -72,21 +70,13 @@ def run_jax(args, attention: str) -> dict:
                loss_targets=raw["input_ids"][:, pos + 1].astype(np.int32),
                loss_weights=np.ones((1, len(pos)), np.float32), task=np.ones(1, np.int32))
   batch = jax.tree.map(jnp.asarray, batch)
-  graphdef, params, _ = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-  tx, _ = sft.make_optimizer(_optimizer(1e-5), 100, params)
-  state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
-  step = sft.jit_train_step(graphdef, tx, 1, shardings)
-  box = {"state": state}
-
-  def one():
-    box["state"], m = step(box["state"], batch)
-    jax.block_until_ready(m)
-
-  first, times = time_steps(one, args.steps)
+  model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  first, times, step = time_train_step(model, batch, args.steps)
   stats = jax.devices()[0].memory_stats() or {}
   return dict(first=first, times=times, tokens=int(inputs.input_ids.size), compiles=step._cache_size(),
               peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20, device=jax.devices()[0].device_kind,
-              params=int(sum(x.size for x in jax.tree.leaves(params))))
+              params=int(params))
 
 
 def check_cudnn(args):
