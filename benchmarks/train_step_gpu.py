@@ -11,7 +11,7 @@ parameters, bf16 weights and AdamW moments (the recipe's `param_dtype`). One exa
 32-frame 448x448 video (16,384 patches -> 4,096 visual tokens) in an 8,192-token sequence, the
 last 2,048 tokens trained. `jax_xla` is ours with the einsum attention, to show the kernel's share.
 Before timing, the jax child checks that cuDNN and XLA attention agree on a small model.
-`--small` runs the same code at a CPU-sized config (the script's own test).
+`--small` runs the same code at a CPU-sized config (to try the script without a GPU).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def model_config(args, attention: str):
 
 
 def example(cfg, args):
-  """HF-processor-style inputs padded to `args.length` tokens, and the trained positions."""
+  """HF-processor-style inputs of exactly `args.length` tokens, and the trained positions."""
   n_video = args.frames // 2 * (args.size // 14) ** 2 // 4
   text = args.length - n_video - 2
   raw = make_inputs(cfg, args.frames, args.size, batch=1, text=text)
