@@ -164,6 +164,30 @@ def test_bad_configs_are_named():
     cfg.replace(attention="cudnn").validate()
 
 
+def test_cudnn_attention_off_gpu_is_named():
+  from rewatch_jax.models.layers import causal_attention
+  x = jnp.zeros((1, 8, 2, 16), jnp.bfloat16)
+  if jax.default_backend() == "gpu":
+    pytest.skip("runs on a GPU")
+  with pytest.raises(ValueError, match="needs an NVIDIA GPU.*attention=xla"):
+    causal_attention(x, x, x, jnp.ones((1, 8, 8), bool), "cudnn")
+
+
+def test_build_model_from_hf_takes_the_runtime_options(hf_dir):
+  """config.model's dtype, param_dtype, remat and attention all reach a model loaded from HF
+  (the compute dtype used to be forced to the parameter dtype)."""
+  from rewatch_jax.train import sft
+  from rewatch_jax.train.mesh import make_mesh
+  from tests.conftest import small_sft_config
+  c = small_sft_config()
+  c.init_from_hf = hf_dir
+  c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat="full", attention="xla"))
+  m = sft.build_model(c, make_mesh({"data": 1}, jax.devices()[:1]))
+  assert (m.config.param_dtype, m.config.dtype, m.config.remat, m.config.attention) == (
+      "float32", "bfloat16", "full", "xla")
+  assert m.text.layers[0].mlp.gate.kernel[...].dtype == jnp.float32
+
+
 def test_causal_only_attention_is_exact_on_right_padded_rows():
   """What attention='cudnn' computes (causal, no padding mask; run here with JAX's XLA reference
   of the same call) equals our masked attention on every real token, in bf16 with grouped KV."""

@@ -86,6 +86,9 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
   no padding) and ignores `mask`."""
   if impl == "xla":
     return attention(q, k, v, mask)
+  if impl == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but JAX runs on {jax.default_backend()!r}: "
+                     "use --config.model.attention=xla")
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
 
 
