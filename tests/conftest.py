@@ -10,10 +10,24 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+SLOW = "python -m pytest -q -m slow tests"
+
+
 def pytest_configure(config):
+  config.addinivalue_line("markers", f"slow: end-to-end tests of minutes each; run with `{SLOW}`")
   # Grain worker processes read absl flags; outside app.run they must be marked parsed.
   from absl import flags
   flags.FLAGS.mark_as_parsed()
+
+
+def pytest_collection_modifyitems(config, items):
+  """The default suite (`python -m pytest -q tests`) skips tests marked slow; `-m slow` runs them."""
+  if "slow" in (config.getoption("markexpr") or ""):
+    return
+  skip = pytest.mark.skip(reason=f"slow: run with `{SLOW}`")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
 
 
 def small_sft_config():

@@ -10,6 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, extra", [("model_forward.py", []), ("train_step.py", ["--compile_steps", "2"])])
 def test_comparison_benchmark_runs(script, extra):
   pytest.importorskip("torch", reason="the benchmarks compare against transformers on torch")

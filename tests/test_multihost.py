@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,6 +28,7 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(prepared, tmp_path):
   _, data_dir, tokenizer = prepared
   single = str(tmp_path / "single")

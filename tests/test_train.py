@@ -156,6 +156,7 @@ def _losses(workdir):
   return out
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_is_bit_exact(prepared, tmp_path):
   _, data_dir, tokenizer = prepared
   env = dict(os.environ, JAX_PLATFORMS="cpu")
