@@ -201,7 +201,29 @@ def test_causal_only_attention_is_exact_on_right_padded_rows():
   fused = np.asarray(causal_attention(q, k, v, mask, impl=None), np.float32)  # jax picks xla on CPU
   np.testing.assert_allclose(fused[valid], ours[valid], atol=0.02)
   assert np.abs(fused[~valid] - ours[~valid]).max() > 0.05  # only padding rows differ
-  np.testing.assert_array_equal(np.asarray(attention(q, k, v, mask), np.float32), ours)
+  np.testing.assert_allclose(np.asarray(attention(q, k, v, mask), np.float32), ours, atol=0.02)
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 7])
+def test_causal_query_chunks_are_exact(chunks):
+  """The xla path's query chunks (each sees only the keys up to its last row) change nothing on
+  real tokens, forward or backward, with left and right padding and uneven chunk sizes."""
+  from rewatch_jax.models.layers import causal_attention
+  rng = np.random.default_rng(1)
+  q, out_grad = (jnp.asarray(rng.standard_normal((3, 40, 4, 8)), jnp.float32) for _ in range(2))
+  k, v = (jnp.asarray(rng.standard_normal((3, 40, 2, 8)), jnp.float32) for _ in range(2))
+  pos = np.arange(40)[None]
+  valid = (pos < np.array([[40], [25], [40]])) & (pos >= np.array([[0], [0], [9]]))  # right, left pad
+  mask = jnp.asarray(valid[:, None, :] & np.tril(np.ones((40, 40), bool))[None])
+  real = jnp.asarray(valid)[:, :, None, None]
+
+  def out_and_grads(n):
+    out, vjp = jax.vjp(lambda q, k, v: causal_attention(q, k, v, mask, "xla", chunks=n), q, k, v)
+    return out, vjp(jnp.where(real, out_grad, 0.0))  # gradients of a loss on real rows only
+  (whole, whole_grads), (chunked, chunked_grads) = out_and_grads(1), out_and_grads(chunks)
+  np.testing.assert_allclose(np.where(real, chunked, 0), np.where(real, whole, 0), rtol=1e-5, atol=1e-6)
+  for a, b in zip(chunked_grads, whole_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # fp32 summation order only
 
 
 def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):

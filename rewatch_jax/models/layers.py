@@ -67,25 +67,37 @@ def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Softmax attention with grouped KV heads; logits and softmax in fp32.
 
-  q: (B, T, H, D); k, v: (B, S, KVH, D); mask: (B, T, S) bool. Returns (B, T, H, D).
+  q: (B, T, H, D); k, v: (B, S, KVH, D); mask: (B, T, S) bool, or (B, 1, S) for a key-only mask.
+  Returns (B, T, H, D). Heads go in front of the tokens explicitly, and each KV head's group of
+  query heads is folded into the rows of one matmul: on CPU, XLA's batched matmuls run ~1.2-2x
+  faster in this layout than with the transposes it picks itself from a token-major einsum.
   """
   b, t, h, d = q.shape
-  kvh = k.shape[2]
-  q = q.reshape(b, t, kvh, h // kvh, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * d**-0.5
-  logits = jnp.where(mask[:, None, None], logits, _NEG)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h, d)
+  kvh, s = k.shape[2], k.shape[1]
+  g = h // kvh
+  q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, KVH, S, D)
+  logits = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * d**-0.5
+  logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, g, t, s), _NEG)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, s)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+  return out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str | None) -> jax.Array:
-  """Causal self-attention over right-padded rows. "xla": `attention` with the exact mask;
-  otherwise `jax.nn.dot_product_attention(implementation=impl)` ("cudnn": the fused flash kernel),
-  causal only, which gives the same result on every real token (a real token's causal window holds
-  no padding) and ignores `mask`."""
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str | None,
+                     chunks: int = 4) -> jax.Array:
+  """Causal self-attention over right-padded rows. "xla": `attention` with the exact mask, the
+  queries split into `chunks` static slices that each see only the keys up to their last row (the
+  rest are causally masked anyway), which skips ~3/8 of the logits and their softmax, forward and
+  backward; otherwise `jax.nn.dot_product_attention(implementation=impl)` ("cudnn": the fused
+  flash kernel), causal only, which gives the same result on every real token (a real token's
+  causal window holds no padding) and ignores `mask`. `mask` must be causal (no key after its
+  query); a row with no visible key at all (left padding) gets an output nobody reads."""
   if impl == "xla":
-    return attention(q, k, v, mask)
+    size = -(-q.shape[1] // chunks)
+    outs = [attention(q[:, lo:lo + size], k[:, :lo + size], v[:, :lo + size], mask[:, lo:lo + size, :lo + size])
+            for lo in range(0, q.shape[1], size)]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
   if impl == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but JAX runs on {jax.default_backend()!r}: "
                      "use --config.model.attention=xla")
@@ -95,8 +107,9 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
 def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array,
                     block: int) -> jax.Array:
   """Block-diagonal bidirectional attention: rows attend within their block of `block` (static)
-  rows, to keys of the same segment id. The host lays windows and frames out so that each block
-  holds exactly one window (or one frame pair) plus padding, which makes this exact.
+  rows, to its keys that are not padding (segment id -1). The host lays windows and frames out
+  so that each block holds exactly one window (or one frame pair) plus padding
+  (positions.vision_layout), which makes this exact.
 
   q, k, v: (B, P, H, D) with P a multiple of `block`; segment: (B, P). Cost O(P * block).
   """
@@ -104,9 +117,10 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array
   if p % block:
     raise ValueError(f"{p} patch slots are not a multiple of the attention block {block}")
   blocks = lambda x: x.reshape(b * (p // block), block, *x.shape[2:])
-  seg = blocks(segment)
-  out = attention(blocks(q), blocks(k), blocks(v), seg[:, :, None] == seg[:, None, :])
-  return out.reshape(b, p, h, d)
+  # One segment per block: a key mask (not the (block, block) segment-equality matrix) is exact on
+  # every real row; padding rows attend to the block's real keys, and nothing reads them.
+  real_keys = (blocks(segment) >= 0)[:, None, :]
+  return attention(blocks(q), blocks(k), blocks(v), real_keys).reshape(b, p, h, d)
 
 
 def remat(fn, policy: str, static_argnums: tuple[int, ...] = ()):
