@@ -84,8 +84,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
+CAUSAL_CHUNKS = 4  # static query chunks of the xla causal path (more: fewer logits, more ops)
+
+
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str | None,
-                     chunks: int = 4) -> jax.Array:
+                     chunks: int = CAUSAL_CHUNKS) -> jax.Array:
   """Causal self-attention over right-padded rows. "xla": `attention` with the exact mask, the
   queries split into `chunks` static slices that each see only the keys up to their last row (the
   rest are causally masked anyway), which skips ~3/8 of the logits and their softmax, forward and
