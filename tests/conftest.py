@@ -6,6 +6,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -38,9 +39,6 @@ def small_sft_config():
   c.data.batch_size = 8
   c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 6, 1, 2
   return c
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
