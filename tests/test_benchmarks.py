@@ -20,3 +20,15 @@ def test_comparison_benchmark_runs(script, extra):
                         "--size", "56", *extra], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "speed-up (tokens/s ours / HF)" in out.stdout
+
+
+@pytest.mark.slow
+def test_profile_script_maps_xla_ops_to_source_ops():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "profile_step.py"), "--part", "full",
+                        "--steps", "1", "--frames", "2", "--size", "56", "--top", "50"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "s/step wall" in out.stdout
+  assert "dot_general" in out.stdout  # the matmuls were found and named by their source op
