@@ -38,7 +38,7 @@ def main():
   p.add_argument("--size", type=int, default=224)
   args = p.parse_args()
   work = tempfile.mkdtemp(prefix="profile_step_")
-  os.environ["XLA_FLAGS"] = f"--xla_dump_to={work}/hlo --xla_dump_hlo_pass_re=NONE"
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={work}/hlo --xla_dump_hlo_pass_re=NONE"
 
   import jax
   import jax.numpy as jnp
@@ -72,7 +72,11 @@ def main():
       jax.block_until_ready(step(params))
     wall = (time.perf_counter() - t0) / args.steps
 
-  hlo = open(max(glob.glob(f"{work}/hlo/*jit_loss*cpu_after_optimizations.txt"), key=os.path.getmtime)).read()
+  dumps = glob.glob(f"{work}/hlo/*jit_loss*cpu_after_optimizations.txt")
+  if not dumps:
+    sys.exit(f"no optimized CPU HLO dump of the step under {work}/hlo (is JAX running on the CPU?)")
+  with open(max(dumps, key=os.path.getmtime)) as f:
+    hlo = f.read()
   source = {m.group(1): re.sub(r"^jit\(\w+\)/", "", m.group(2))
             for m in re.finditer(r"%([\w.\-]+) = [^\n]*?metadata=\{op_name=\"([^\"]+)\"", hlo)}
   trace = json.load(gzip.open(glob.glob(f"{work}/trace/**/*perfetto_trace.json.gz", recursive=True)[0]))
