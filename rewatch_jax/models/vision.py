@@ -36,8 +36,7 @@ class VisionAttention(nnx.Module):
 
   def __call__(self, x, cos, sin, segment, block):
     b, p, _ = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(b, p, 3, self.num_heads, -1), 3, axis=2)
-    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    q, k, v = (y.reshape(b, p, self.num_heads, -1) for y in self.qkv.split(x, 3))
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     return self.proj(block_attention(q, k, v, segment, block).reshape(b, p, -1))
 
