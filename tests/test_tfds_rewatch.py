@@ -67,6 +67,16 @@ def test_bad_videos_are_skipped_and_reported(toy, tmp_path):
     tfds_rewatch.prepare(str(tmp_path / "out2"), "caption", recs, str(videos), SPEC, on_error="raise")
 
 
+def test_nothing_to_write_is_a_clear_error(toy, tmp_path):
+  """Every record skipped (here: the videos are not where the root says), or none of the config's kind: the error
+  says so and why, instead of TFDS's bare "No examples were yielded"."""
+  recs = _records(toy, "train", "caption")
+  with pytest.raises(ValueError, match=r"no example written \(2 records given.*2 skipped: .*videos/videos/"):
+    tfds_rewatch.prepare(str(tmp_path / "a"), "caption", recs[:2], str(toy / "videos"), SPEC)
+  with pytest.raises(ValueError, match=r"0 of kind QARecord"):
+    tfds_rewatch.prepare(str(tmp_path / "b"), "qa", recs, str(toy), SPEC)
+
+
 def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   recs = _records(toy, "train", "qa")[:7]
   for i in range(2):

@@ -145,6 +145,12 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     finally:
       if pool:
         pool.terminate()
+    if not written:  # TFDS would only say "No examples were yielded"
+      kinds = "/".join(k.__name__ for k in wanted)
+      why = "; ".join(f"{s['id']}: {s['error']}" for s in skipped[:3])
+      raise ValueError(f"config {config!r}, shard {self._shard_index} of {self._num_shards}: no example written "
+                       f"({len(self._records)} records given, {len(mine)} of kind {kinds} in this shard, "
+                       f"{len(skipped)} skipped{': ' + why if why else ''})")
     self.report = {"config": config, "video_spec": self._spec.to_dict(), "video_spec_hash": self._spec.hash,
                    "shard": [self._shard_index, self._num_shards], "records": len(mine),
                    "written": written, "skipped": skipped}
