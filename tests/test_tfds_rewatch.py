@@ -68,8 +68,8 @@ def test_bad_videos_are_skipped_and_reported(toy, tmp_path):
 
 
 def test_nothing_to_write_is_a_clear_error(toy, tmp_path):
-  """Every record skipped (here: the videos are not where the root says), or none of the config's kind: the error
-  says so and why, instead of TFDS's bare "No examples were yielded"."""
+  """Every record skipped (here: the videos are not where the root says), or none of the config's
+  kind: the error says so and why, instead of TFDS's bare "No examples were yielded"."""
   recs = _records(toy, "train", "caption")
   with pytest.raises(ValueError, match=r"no example written \(2 records given.*2 skipped: .*videos/videos/"):
     tfds_rewatch.prepare(str(tmp_path / "a"), "caption", recs[:2], str(toy / "videos"), SPEC)

@@ -34,7 +34,7 @@ class Linear(nnx.Module):
   def split(self, x: jax.Array, parts: int) -> list[jax.Array]:
     """`jnp.split(self(x), parts, -1)` as one matmul per column slice of the kernel: the same
     numbers, but the backward pass needs no activation-sized concatenate of the parts' gradients
-    (fused q/k/v: vision fwd+bwd 5.9 -> 5.6 s on the 2-core CPU benchmark)."""
+    (the fused vision q/k/v: a few percent on the 2-core CPU benchmark, benchmarks/RESULTS.md)."""
     kernel, x = self.kernel[...].astype(self.dtype), x.astype(self.dtype)
     cols = kernel.shape[1] // parts
     out = [jnp.dot(x, kernel[:, i * cols:(i + 1) * cols]) for i in range(parts)]
