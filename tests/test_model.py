@@ -251,6 +251,28 @@ def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):
     hf.load_pretrained(shaped)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_split_equals_splitting_the_output(bias):
+  """Linear.split (one matmul per column slice; the vision q/k/v) gives jnp.split of the fused
+  output, values and gradients; a split that does not divide the features is refused."""
+  from rewatch_jax.models.layers import Linear
+  lin = Linear(8, 12, ("embed", "heads"), bias=bias, dtype="float32", param_dtype="float32", rngs=nnx.Rngs(0))
+  if bias:
+    lin.bias[...] = jax.random.normal(jax.random.key(1), (12,))
+  x = jax.random.normal(jax.random.key(2), (2, 5, 8))
+  weights = jax.random.normal(jax.random.key(3), (3, 2, 5, 4))
+  def loss(lin, x, fused):
+    parts = jnp.split(lin(x), 3, -1) if fused else lin.split(x, 3)
+    return sum(jnp.sum(w * p) for w, p in zip(weights, parts))
+  for a, b in zip(jnp.split(lin(x), 3, -1), lin.split(x, 3)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  ga, gb = (nnx.grad(loss, argnums=(0, 1))(lin, x, fused) for fused in (True, False))
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="12 output features into 5"):
+    lin.split(x, 5)
+
+
 @pytest.mark.parametrize("block", [4, 16, 64])
 def test_block_attention_equals_dense_masked_attention(block):
   from rewatch_jax.models.layers import attention, block_attention

@@ -36,6 +36,8 @@ class Linear(nnx.Module):
     numbers, but the backward pass needs no activation-sized concatenate of the parts' gradients
     (the fused vision q/k/v: a few percent on the 2-core CPU benchmark, benchmarks/RESULTS.md)."""
     kernel, x = self.kernel[...].astype(self.dtype), x.astype(self.dtype)
+    if kernel.shape[1] % parts:
+      raise ValueError(f"cannot split {kernel.shape[1]} output features into {parts} equal parts")
     cols = kernel.shape[1] // parts
     out = [jnp.dot(x, kernel[:, i * cols:(i + 1) * cols]) for i in range(parts)]
     if self.bias is not None:
