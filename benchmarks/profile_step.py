@@ -79,7 +79,10 @@ def main():
     hlo = f.read()
   source = {m.group(1): re.sub(r"^jit\(\w+\)/", "", m.group(2))
             for m in re.finditer(r"%([\w.\-]+) = [^\n]*?metadata=\{op_name=\"([^\"]+)\"", hlo)}
-  trace = json.load(gzip.open(glob.glob(f"{work}/trace/**/*perfetto_trace.json.gz", recursive=True)[0]))
+  traces = glob.glob(f"{work}/trace/**/*perfetto_trace.json.gz", recursive=True)
+  if not traces:
+    sys.exit(f"jax.profiler wrote no perfetto trace under {work}/trace")
+  trace = json.load(gzip.open(traces[0]))
   seconds = collections.Counter()
   for event in trace["traceEvents"] if isinstance(trace, dict) else trace:
     if event.get("ph") == "X" and event["name"] in source:
