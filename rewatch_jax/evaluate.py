@@ -8,6 +8,8 @@ Ablations show what a model takes from the video (`ablation=`):
   scores the same; one that reads the video drops. `swapped` reports the fraction that moved.
 * "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
   drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
+The result holds every `predictions` row (question, answer, response, correct: True / False / None
+when unparseable); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
   correct = parsed = n = swapped = 0
   by_type = collections.defaultdict(lambda: [0, 0])
   by_form = collections.defaultdict(lambda: [0, 0])
-  samples = []
+  predictions = []
   order = dict(shuffle_seed=seed) if ablation == "swap" else {}
   for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
     inputs = batch["inputs"]
@@ -58,13 +60,13 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
       by_type[rec["question_type"]][1] += 1
       by_form[rec["form"]][0] += bool(verdict)
       by_form[rec["form"]][1] += 1
-      if len(samples) < 5:
-        samples.append({"question": rec["question"], "answer": rec["answer"], "response": text})
+      predictions.append(dict(video=rec["video"], question=rec["question"], question_type=rec["question_type"],
+                              form=rec["form"], answer=rec["answer"], response=text, correct=verdict))
     if limit and n >= limit:
       break
   out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
              by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
-             by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, samples=samples)
+             by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, predictions=predictions)
   if ablation == "swap":
     out["swapped"] = swapped / max(n, 1)
   return out

@@ -132,8 +132,12 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data):
   assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
   assert swap["swapped"] == 1.0 and "swapped" not in seen  # one batch of 3 + 3 questions
   # the same prompts, different pixels: a random model's greedy tokens change
-  assert [s["question"] for s in seen["samples"]] == [s["question"] for s in blind["samples"]]
-  assert [s["response"] for s in seen["samples"]] != [s["response"] for s in blind["samples"]]
+  assert [p["question"] for p in seen["predictions"]] == [p["question"] for p in blind["predictions"]]
+  assert [p["response"] for p in seen["predictions"]] != [p["response"] for p in blind["predictions"]]
+  for r in (seen, blind, swap):  # one row per question, and the summary counts them
+    assert len(r["predictions"]) == r["n"]
+    assert sum(p["correct"] is True for p in r["predictions"]) == round(r["accuracy"] * r["n"])
+    assert sum(p["correct"] is not None for p in r["predictions"]) == round(r["parsed_rate"] * r["n"])
   with pytest.raises(ValueError, match="ablation"):
     run("shuffle")
 

@@ -82,7 +82,11 @@ def run(config, workdir: str) -> dict:
     if config.eval.ablation:  # what the accuracy owes to the video (evaluate.py)
       results[f"after_sft_{config.eval.ablation}"] = _evaluate(model, config, config.eval.ablation)
   if jax.process_index() == 0:
-    (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2))
+    for stage, r in results.items():  # every answer, to read or re-score: eval_<stage>.jsonl
+      if "predictions" in r:
+        (epath.Path(workdir) / f"eval_{stage}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in r["predictions"]))
+    summary = {k: {a: b for a, b in v.items() if a != "predictions"} for k, v in results.items()}
+    (epath.Path(workdir) / "results.json").write_text(json.dumps(summary, indent=2))
     print_table(results)
   return results
 
