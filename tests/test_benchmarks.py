@@ -32,3 +32,14 @@ def test_profile_script_maps_xla_ops_to_source_ops():
   assert out.returncode == 0, out.stderr[-3000:]
   assert "s/step wall" in out.stdout
   assert "dot_general" in out.stdout  # the matmuls were found and named by their source op
+
+
+@pytest.mark.slow
+def test_reading_probe_trains_and_scores():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "reading_probe.py"), "--question", "backdrop_change",
+                        "--frames", "4", "--steps", "2", "--batch", "2"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "exact match on 64 held-out examples: own frames" in out.stdout
