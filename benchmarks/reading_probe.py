@@ -66,14 +66,16 @@ def example(rng, question: str, frames: int, max_shapes: int, scale: float):
 
 
 def encode(tok, cfg, frames, question, answer) -> dict:
-  from rewatch_jax.data import chat, records as R
-  from rewatch_jax.data.processor import frames_to_patches, video_tokens
-  pixels, grid = frames_to_patches(frames, cfg.vision)
+  """The shared example encoder, on the frames as a 1 fps video (the demo's rate)."""
+  from rewatch_jax.data import records as R
+  from rewatch_jax.data.processor import encode_example
+  from rewatch_jax.data.video import Video
+  t = len(frames)
+  video = Video(frames=frames, timestamps=np.arange(t, dtype=np.float64), path="still", source_fps=1.0,
+                total_frames=t, duration=float(t), spec_hash="")
   rec = R.QARecord(video="videos/still.mp4", question=question, answer=answer, question_type="object_recognition",
-                   duration=len(frames) / 2)
-  enc = chat.encode(tok, chat.conversation("direct", rec, rec.duration), video_tokens=video_tokens(grid, cfg.vision))
-  return dict(input_ids=enc.input_ids, loss_mask=enc.loss_mask, pixel_values=pixels, video_grid_thw=np.array(grid),
-              second_per_grid=np.float32(2), task=np.int32(1), id=question)
+                   duration=float(t))
+  return dict(encode_example(rec, video, tok, "direct", cfg), task=np.int32(1), id=question)
 
 
 def main():
