@@ -66,6 +66,8 @@ def comparison_args(doc: str, run_jax, run_torch, **extra: int) -> argparse.Name
   p.add_argument("--hf_dir", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.impl:
+    from rewatch_jax import host
+    host.tune_if_cpu()  # what launch/train.py does, for both implementations (same malloc settings)
     report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
     return None
   return args

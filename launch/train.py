@@ -42,6 +42,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress bar; -v 0 shows it
+  from rewatch_jax import host
+  host.tune_if_cpu()  # before JAX starts its CPU client (rewatch_jax/host.py)
   init_distributed()
   import jax
   from etils import epath
