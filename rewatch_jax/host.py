@@ -1,17 +1,17 @@
 """Settings of the host process for XLA's CPU backend.
 
 Each run of a compiled XLA CPU program allocates its temporary buffer (the demo's SFT step: 224-564
-MB, one per bucket) with posix_memalign from whichever glibc arena the worker thread is attached
-to. In a thread arena a block that large cannot fit a heap (64 MB), so glibc mmaps it (whatever
+MB, one per bucket) with posix_memalign from whichever glibc arena the worker thread is attached to.
+In a thread arena a block that large cannot fit a heap (64 MB), so glibc mmaps it (whatever
 M_MMAP_MAX says) and unmaps it when freed: every step faults its whole working set in again. The
 demo's SFT: 7.3M minor faults and 25 s of system time in 90 steps. With one arena (the main one,
 grown by sbrk), no mmap and no trimming, the block stays mapped and is reused: 0.45M faults, 8 s,
-steps 565 -> 480-500 ms; the demo end to end 10:55 -> 10:04 (back to back, same VM). The price: compiling is slower (the
-demo's 384-token step 11-13 s -> 12-17 s; the short end-to-end test 34-38 s -> 48-50 s), and the
-peak RSS higher (freed memory is kept: 2.6 -> 2.8 GB). So `launch/train.py` applies it (and the
-benchmarks' child processes, for both implementations); the pytest process does not. A 75M model's
-step (benchmarks/model_forward.py) does not change: there compute dominates. Numerics are
-unaffected (the demo's table is identical).
+steps 565 -> 480-500 ms; the demo end to end 10:55 -> 10:04 (back to back, same VM). The price:
+compiling is slower (the demo's 384-token step 11-13 s -> 12-17 s; the short end-to-end test 34-38 s
+-> 48-50 s), and the peak RSS higher (freed memory is kept: 2.6 -> 2.8 GB). So `launch/train.py`
+applies it (and the benchmarks' child processes, for both implementations); the pytest process does
+not. A 75M model's step (benchmarks/model_forward.py) does not change: there compute dominates.
+Numerics are unaffected (the demo's table is identical).
 
 It must run before JAX starts its CPU client: threads that have allocated keep their arenas (set
 after `jax.devices()` it changes nothing). `tune_if_cpu()` guesses the backend without starting

@@ -1,6 +1,7 @@
 """rewatch_jax/host.py: the CPU malloc settings take effect, and only where they should."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -40,7 +41,7 @@ def _child(**env):
   return tuned == "True", int(mmapped), int(heap), out.stderr.count("Arena ")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt, mallinfo2")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc mallopt, mallinfo2")
 def test_cpu_malloc_keeps_freed_blocks_in_one_heap():
   # glibc's defaults: the 64 MB block is mmapped (and unmapped when freed); the thread gets an arena
   tuned, mmapped, heap, arenas = _child(JAX_PLATFORMS="cpu", REWATCH_CPU_MALLOC="0")
