@@ -43,7 +43,9 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress bar; -v 0 shows it
   from rewatch_jax import host
-  host.tune_if_cpu()  # before JAX starts its CPU client (rewatch_jax/host.py)
+  if host.tune_if_cpu():  # before JAX starts its CPU client
+    logging.info("CPU backend: glibc malloc set to one arena, no mmap, no trimming (rewatch_jax/host.py; "
+                 "REWATCH_CPU_MALLOC=0 keeps glibc's defaults)")
   init_distributed()
   import jax
   from etils import epath

@@ -33,7 +33,10 @@ CPU_MALLOC = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1
 
 def tune_cpu_malloc() -> bool:
   """Applies CPU_MALLOC through mallopt; False (nothing changed) off glibc or when disabled."""
-  if os.environ.get("REWATCH_CPU_MALLOC", "1") == "0":
+  setting = os.environ.get("REWATCH_CPU_MALLOC", "1")
+  if setting not in ("0", "1"):
+    raise ValueError(f"REWATCH_CPU_MALLOC must be 0 (glibc's defaults) or 1 (tuned), got {setting!r}")
+  if setting == "0":
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -56,3 +56,9 @@ def test_backend_guess_follows_jax_platforms(monkeypatch):
   assert not host.cpu_backend_expected() and not host.tune_if_cpu()
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert host.cpu_backend_expected()
+
+
+def test_a_bad_setting_is_named(monkeypatch):
+  monkeypatch.setenv("REWATCH_CPU_MALLOC", "off")
+  with pytest.raises(ValueError, match="REWATCH_CPU_MALLOC must be 0"):
+    host.tune_cpu_malloc()

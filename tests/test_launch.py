@@ -43,8 +43,10 @@ def test_bad_ablation_fails_before_training(tmp_path):
 
 
 def test_invalid_model_override_is_named():
-  out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.model.text.num_key_value_heads=3")
+  out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.model.text.num_key_value_heads=3",
+               "--verbosity=0")
   assert out.returncode != 0 and "num_key_value_heads" in out.stderr
+  assert "glibc malloc set to one arena" in out.stderr  # rewatch_jax/host.py, applied before anything else
 
 
 def test_prepare_toyworld(tmp_path):
