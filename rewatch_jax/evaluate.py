@@ -9,7 +9,9 @@ Ablations show what a model takes from the video (`ablation=`):
 * "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
   drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
 The result holds every `predictions` row (question, answer, response, correct: True / False / None
-when unparseable); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
+when unparseable, truncated: no EOS within `max_new_tokens`); the trainer's driver writes them to
+`<workdir>/eval_<stage>.jsonl`. `cut_off` counts the answers opened but not closed when the token
+budget ran out: scored as unparseable through no fault of the model (the driver warns).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
   if ablation not in ABLATIONS:
     raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=[bucket], pad_id=pad_id)
-  correct = parsed = n = swapped = 0
+  correct = parsed = n = swapped = truncated = cut_off = 0
   by_type = collections.defaultdict(lambda: [0, 0])
   by_form = collections.defaultdict(lambda: [0, 0])
   predictions = []
@@ -54,6 +56,8 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
       text = tokenizer.decode(row[:cut].tolist(), skip_special_tokens=False)
       verdict = is_correct(text, rec["answer"], rec["form"], tuple(rec["options"]))
       n += 1
+      truncated += cut == len(row)
+      cut_off += cut == len(row) and "<answer>" in text and "</answer>" not in text
       parsed += verdict is not None
       correct += bool(verdict)
       by_type[rec["question_type"]][0] += bool(verdict)
@@ -61,10 +65,11 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
       by_form[rec["form"]][0] += bool(verdict)
       by_form[rec["form"]][1] += 1
       predictions.append(dict(video=rec["video"], question=rec["question"], question_type=rec["question_type"],
-                              form=rec["form"], answer=rec["answer"], response=text, correct=verdict))
+                              form=rec["form"], answer=rec["answer"], response=text, correct=verdict,
+                              truncated=cut == len(row)))
     if limit and n >= limit:
       break
-  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
+  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), truncated=truncated / max(n, 1), cut_off=cut_off, n=n,
              by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
              by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, predictions=predictions)
   if ablation == "swap":

@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end(tmp_path):
   assert results["sft"]["steps"] == 3 and 0 <= results["after_sft"]["accuracy"] <= 1
   assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] == 8  # the video ablation
   answers = [json.loads(line) for line in (tmp_path / "eval_after_sft.jsonl").read_text().splitlines()]
-  assert len(answers) == 8 and {"question", "answer", "response", "correct"} <= set(answers[0])
+  assert len(answers) == 8 and {"question", "answer", "response", "correct", "truncated"} <= set(answers[0])
   assert "after_sft" in out.stdout and "chance" in out.stdout
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
   assert (tmp_path / "checkpoints" / "3").exists() and (tmp_path / "metrics.jsonl").exists()

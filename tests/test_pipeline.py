@@ -138,6 +138,7 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data):
     assert len(r["predictions"]) == r["n"]
     assert sum(p["correct"] is True for p in r["predictions"]) == round(r["accuracy"] * r["n"])
     assert sum(p["correct"] is not None for p in r["predictions"]) == round(r["parsed_rate"] * r["n"])
+    assert sum(p["truncated"] for p in r["predictions"]) == round(r["truncated"] * r["n"]) >= r["cut_off"]
   with pytest.raises(ValueError, match="ablation"):
     run("shuffle")
 

@@ -52,9 +52,13 @@ def _evaluate(model, config, ablation: str = ""):
   from rewatch_jax.evaluate import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
-  return evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
-                  e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
-                  limit=e.limit or None, ablation=ablation, seed=config.seed)
+  result = evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
+                    e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
+                    limit=e.limit or None, ablation=ablation, seed=config.seed)
+  if result["cut_off"]:
+    print(f"warning: {result['cut_off']} of {result['n']} answers were cut off by eval.max_new_tokens="
+          f"{e.max_new_tokens} (scored as unparseable); raise it")
+  return result
 
 
 def run(config, workdir: str) -> dict:
