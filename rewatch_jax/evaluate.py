@@ -69,7 +69,8 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
                               truncated=cut == len(row)))
     if limit and n >= limit:
       break
-  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), truncated=truncated / max(n, 1), cut_off=cut_off, n=n,
+  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
+             truncated=truncated / max(n, 1), cut_off=cut_off,
              by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
              by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, predictions=predictions)
   if ablation == "swap":

@@ -78,6 +78,13 @@ def test_build_writes_decodable_videos_and_splits(tmp_path):
   caps = list(R.read_jsonl(str(tmp_path / "train_caption.jsonl")))
   v = load_video(str(tmp_path / caps[0].video))
   assert abs(v.duration - caps[0].duration) < 0.2 and len(v.frames) >= 16
+  # every direct answer, with its <|im_end|>, fits the demo's evaluation budget (10 cut causal ones off)
+  from configs import demo
+  from rewatch_jax.data import chat
+  tok = chat.qwen_tokenizer(str(tmp_path / "tokenizer.json"))
+  qas += list(R.read_jsonl(str(tmp_path / "train_qa.jsonl")))
+  longest = max(len(tok.encode(chat.target("direct", q) + "<|im_end|>").ids) for q in qas)
+  assert "causal" in {q.question_type for q in qas} and longest <= demo.get_config().eval.max_new_tokens
   # resumable: a second build reuses the videos and writes identical records
   before = (tmp_path / "train_qa.jsonl").read_text()
   T.build(str(tmp_path), count=3, seed=100)
