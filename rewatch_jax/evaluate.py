@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rewatch_jax.data import pipeline
-from rewatch_jax.rewards.answers import is_correct
+from rewatch_jax.rewards.answers import answer_unclosed, is_correct
 from rewatch_jax.sampling import greedy_generate
 
 
@@ -53,11 +53,12 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
     for row, record_json in zip(tokens, batch["meta"]["record"]):
       rec = json.loads(record_json)
       cut = row.tolist().index(eos_id) if eos_id in row.tolist() else len(row)
+      hit_limit = cut == len(row)
       text = tokenizer.decode(row[:cut].tolist(), skip_special_tokens=False)
       verdict = is_correct(text, rec["answer"], rec["form"], tuple(rec["options"]))
       n += 1
-      truncated += cut == len(row)
-      cut_off += cut == len(row) and "<answer>" in text and "</answer>" not in text
+      truncated += hit_limit
+      cut_off += hit_limit and answer_unclosed(text)
       parsed += verdict is not None
       correct += bool(verdict)
       by_type[rec["question_type"]][0] += bool(verdict)
@@ -66,7 +67,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
       by_form[rec["form"]][1] += 1
       predictions.append(dict(video=rec["video"], question=rec["question"], question_type=rec["question_type"],
                               form=rec["form"], answer=rec["answer"], response=text, correct=verdict,
-                              truncated=cut == len(row)))
+                              truncated=hit_limit))
     if limit and n >= limit:
       break
   out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rewatch_jax.rewards.answers import choice_letter, extract_answer, is_correct
+from rewatch_jax.rewards.answers import answer_unclosed, choice_letter, extract_answer, is_correct
 
 OPTS = ("red", "green", "blue", "black")
 
@@ -26,6 +26,14 @@ def test_open_and_article_rules():
   assert is_correct("<answer>3</answer>", "4", "open") is False
   assert extract_answer("no tags") is None
   assert choice_letter("a", OPTS) is None and choice_letter("A", OPTS) == "A" and choice_letter("(a)", OPTS) == "A"
+
+
+def test_an_answer_cut_off_mid_way_is_told_apart():
+  assert answer_unclosed("<answer>it passes behind the red square</")
+  assert answer_unclosed("<think>x</think><answer>B</answer> wait, <answer>C")
+  assert not answer_unclosed("<answer>B</answer>") and not answer_unclosed("<think>still thinking")
+  assert not answer_unclosed("") and not answer_unclosed(None)
+  assert is_correct("<answer>it passes behind the red square</", "x", "open") is None
 
 
 def test_greedy_generate_matches_manual_decoding():

@@ -27,6 +27,12 @@ def extract_answer(text: str) -> str | None:
   return answer or None
 
 
+def answer_unclosed(text: str) -> bool:
+  """An `<answer>` opened after the last `</answer>`: a response cut off mid-answer."""
+  text = text or ""
+  return text.rfind("<answer>") > text.rfind("</answer>")
+
+
 def choice_letter(answer: str, options: tuple[str, ...] | list[str]) -> str | None:
   """The option letter an MC answer names, or None."""
   letters = LETTERS[:len(options)]
