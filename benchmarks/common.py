@@ -12,10 +12,14 @@ import time
 
 
 def run_children(script: str, hf_dir: str, extra: list[str]) -> dict[str, dict]:
+  from rewatch_jax import host
   rows = {}
   for impl in ("jax", "torch"):
     cmd = [sys.executable, script, "--impl", impl, "--hf_dir", hf_dir, *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    # launch/train.py's malloc setting (rewatch_jax/host.py), for both implementations alike
+    env = host.cpu_environ(env) or env
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
       sys.exit(f"{impl} run failed:\n{out.stderr[-4000:]}")
     rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,8 +70,6 @@ def comparison_args(doc: str, run_jax, run_torch, **extra: int) -> argparse.Name
   p.add_argument("--hf_dir", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.impl:
-    from rewatch_jax import host
-    host.tune_if_cpu()  # what launch/train.py does, for both implementations (same malloc settings)
     report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
     return None
   return args

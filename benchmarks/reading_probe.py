@@ -93,8 +93,6 @@ def main():
   if args.frames < 2 or args.frames % 2 or (args.question.startswith("backdrop_") and args.frames < 4):
     p.error("--frames must be even, and >= 4 for a backdrop change")
 
-  from rewatch_jax import host
-  host.tune_if_cpu()  # as launch/train.py does: the same step, ~12% faster on the CPU
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -145,4 +143,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from rewatch_jax import host
+  host.reexec_if_cpu()  # as launch/train.py does: the same malloc setting
   main()

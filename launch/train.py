@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from rewatch_jax import host  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path.py[:variant]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results (local path or gs://).")
@@ -42,10 +44,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress bar; -v 0 shows it
-  from rewatch_jax import host
-  if host.tune_if_cpu():  # before JAX starts its CPU client
-    logging.info("CPU backend: glibc malloc set to one arena, no mmap, no trimming (rewatch_jax/host.py; "
-                 "REWATCH_CPU_MALLOC=0 keeps glibc's defaults)")
+  if host.HUGETLB in os.environ.get("GLIBC_TUNABLES", ""):
+    logging.info("CPU backend: malloc uses transparent huge pages (GLIBC_TUNABLES=%s; rewatch_jax/host.py; "
+                 "REWATCH_CPU_MALLOC=0 keeps glibc's defaults)", os.environ["GLIBC_TUNABLES"])
   init_distributed()
   import jax
   from etils import epath
@@ -61,4 +62,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host.reexec_if_cpu()  # first: glibc reads its malloc tunables only at start-up
   app.run(main)

@@ -1,7 +1,8 @@
-"""rewatch_jax/host.py: the CPU malloc settings take effect, and only where they should."""
+"""rewatch_jax/host.py: the CPU malloc setting takes effect, and only where it should."""
 
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -9,56 +10,60 @@ import pytest
 
 from rewatch_jax import host
 
-# Allocates a 64 MB block, frees it, allocates 8 MB in a second thread; prints tune_if_cpu()'s
-# answer, the blocks it mmapped while the 64 MB one lived, the main heap's size after it was freed,
-# and (stderr, malloc_stats) one "Arena N:" section per arena.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Restarts itself through reexec_if_cpu(), then mallocs and touches a 128 MB block (not numpy: it
+# madvises its own large arrays) and prints its pid, GLIBC_TUNABLES and the huge pages it holds.
 _CHILD = """
-import ctypes, threading
-import numpy as np
+import ctypes, os, re, sys
+print("start", os.getpid(), flush=True)
+sys.path.insert(0, os.getcwd())
 from rewatch_jax import host
-tuned = host.tune_if_cpu()
+host.reexec_if_cpu()
 libc = ctypes.CDLL("libc.so.6")
-class Info(ctypes.Structure):
-  _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc.mallinfo2.restype = Info
-before = libc.mallinfo2().hblks
-a = np.ones(8 << 20)
-mmapped = libc.mallinfo2().hblks - before
-del a
-heap = libc.mallinfo2().arena
-t = threading.Thread(target=lambda: np.ones(1 << 20).sum())
-t.start(); t.join()
-libc.malloc_stats()
-print(tuned, mmapped, heap)
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(128 << 20)
+ctypes.memset(block, 1, 128 << 20)
+huge = sum(int(k) for k in re.findall(r"AnonHugePages:\\s+(\\d+) kB", open("/proc/self/smaps_rollup").read()))
+print("ran", os.getpid(), os.environ.get("GLIBC_TUNABLES", "-"), huge, sys.argv[1:])
 """
 
 
 def _child(**env):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True, cwd=root,
-                       env={**os.environ, "PYTHONPATH": root, **env})
-  tuned, mmapped, heap = out.stdout.split()
-  return tuned == "True", int(mmapped), int(heap), out.stderr.count("Arena ")
+  out = subprocess.run([sys.executable, "-c", _CHILD, "--flag=1"], capture_output=True, text=True, check=True,
+                       cwd=ROOT, env={**os.environ, **env})
+  starts = re.findall(r"start (\d+)", out.stdout)
+  pid, tunables, huge, argv = re.search(r"ran (\d+) (\S+) (\d+) (.*)", out.stdout).groups()
+  assert set(starts) == {pid} and argv == "['--flag=1']"  # same process, same arguments
+  return len(starts), tunables, int(huge)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc mallopt, mallinfo2")
-def test_cpu_malloc_keeps_freed_blocks_in_one_heap():
-  # glibc's defaults: the 64 MB block is mmapped (and unmapped when freed); the thread gets an arena
-  tuned, mmapped, heap, arenas = _child(JAX_PLATFORMS="cpu", REWATCH_CPU_MALLOC="0")
-  assert (tuned, arenas) == (False, 2) and mmapped >= 1 and heap < 64 << 20
-  # tuned: no mmap, the freed block stays in the main heap, the thread allocates from that heap
-  tuned, mmapped, heap, arenas = _child(JAX_PLATFORMS="cpu")
-  assert (tuned, mmapped, arenas) == (True, 0, 1) and heap >= 64 << 20
+def _thp_mode() -> str:
+  try:
+    return re.search(r"\[(\w+)\]", open("/sys/kernel/mm/transparent_hugepage/enabled").read()).group(1)
+  except OSError:
+    return "unknown"
 
 
-def test_backend_guess_follows_jax_platforms(monkeypatch):
-  monkeypatch.setenv("JAX_PLATFORMS", "tpu,cpu")
-  assert not host.cpu_backend_expected() and not host.tune_if_cpu()
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert host.cpu_backend_expected()
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/smaps_rollup"),
+                    reason="glibc tunables, Linux /proc")
+def test_cpu_run_restarts_once_with_huge_pages():
+  runs, tunables, huge = _child(JAX_PLATFORMS="cpu", GLIBC_TUNABLES="glibc.malloc.check=0")
+  assert runs == 2 and tunables == f"glibc.malloc.check=0:{host.HUGETLB}"  # kept what was set
+  runs_off, tunables_off, huge_off = _child(JAX_PLATFORMS="cpu", REWATCH_CPU_MALLOC="0")
+  assert runs_off == 1 and tunables_off == "-"
+  assert _child(JAX_PLATFORMS="tpu,cpu")[:2] == (1, "-")  # an accelerator run is left alone
+  glibc = tuple(int(x) for x in platform.libc_ver()[1].split("."))
+  if _thp_mode() == "madvise" and glibc >= (2, 35):  # the tunable is what gives the block huge pages
+    assert huge >= 64 << 10 and huge_off == 0, (huge, huge_off)
 
 
-def test_a_bad_setting_is_named(monkeypatch):
-  monkeypatch.setenv("REWATCH_CPU_MALLOC", "off")
+def test_backend_guess_follows_jax_platforms():
+  assert not host.cpu_backend_expected({"JAX_PLATFORMS": "tpu,cpu"})
+  assert host.cpu_backend_expected({"JAX_PLATFORMS": "cpu"})
+  assert host.cpu_environ({"JAX_PLATFORMS": "cuda"}) is None
+
+
+def test_a_bad_setting_is_named():
   with pytest.raises(ValueError, match="REWATCH_CPU_MALLOC must be 0"):
-    host.tune_cpu_malloc()
+    host.cpu_environ({"REWATCH_CPU_MALLOC": "off", "JAX_PLATFORMS": "cpu"})

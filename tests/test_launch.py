@@ -46,7 +46,7 @@ def test_invalid_model_override_is_named():
   out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.model.text.num_key_value_heads=3",
                "--verbosity=0")
   assert out.returncode != 0 and "num_key_value_heads" in out.stderr
-  assert "glibc malloc set to one arena" in out.stderr  # rewatch_jax/host.py, applied before anything else
+  assert "malloc uses transparent huge pages" in out.stderr  # rewatch_jax/host.py: restarted before anything else
 
 
 def test_prepare_toyworld(tmp_path):
