@@ -82,6 +82,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--question", choices=QUESTIONS, default="backdrop")
   p.add_argument("--frames", type=int, default=2, help="even; 2 = one frame pair (12 visual tokens)")
+  p.add_argument("--min_frames", type=int, default=0, help="even; draw each example's frame count "
+                 "from [min_frames, frames] (0: always --frames)")
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--batch", type=int, default=16)
   # 1e-3: at the demo's 3e-3 the selective reads (which moment, which shape) stall (docs/training.md, sixth pass)
@@ -90,8 +92,10 @@ def main():
   p.add_argument("--scale", type=float, default=1.0, help="shape size x the toy world's")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
-  if args.frames < 2 or args.frames % 2 or (args.question.startswith("backdrop_") and args.frames < 4):
-    p.error("--frames must be even, and >= 4 for a backdrop change")
+  shortest = args.min_frames or args.frames
+  if shortest < 2 or (args.frames | shortest) % 2 or shortest > args.frames or (
+      args.question.startswith("backdrop_") and shortest < 4):
+    p.error("--frames and --min_frames must be even, min_frames <= frames, and >= 4 for a backdrop change")
 
   import jax
   import jax.numpy as jnp
@@ -118,8 +122,11 @@ def main():
   state, shardings = sft.init_state(params, tx, mesh, 0)
   step = sft.jit_train_step(graphdef, tx, 1, shardings)
   rng = np.random.default_rng(args.seed)
-  make = lambda: example(rng, args.question, args.frames, args.max_shapes, args.scale)
-  print(f"{args.question}, {args.frames} frames, batch {args.batch}, lr {args.lr}")
+  # each example's length (and so its M-RoPE span) drawn from [min_frames, frames], as the demo's
+  # videos of 8-16 s vary
+  lengths = np.arange(args.min_frames or args.frames, args.frames + 1, 2)
+  make = lambda: example(rng, args.question, int(rng.choice(lengths)), args.max_shapes, args.scale)
+  print(f"{args.question}, {shortest}-{args.frames} frames, batch {args.batch}, lr {args.lr}")
   print(f"{'step':>6}{'loss':>10}{'seconds':>10}")
   t0 = time.perf_counter()
   with axis_rules(mesh):
