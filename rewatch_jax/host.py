@@ -16,11 +16,11 @@ Same 2-core AVX-512 VM, 2026-11-29 (the demo: 700 SFT steps and three evaluation
 
 The one-arena setting kept freed blocks in one sbrk heap; on the 75M step that heap fragmented in
 2 of 4 runs (peak RSS 6.6 and 9.1 GB, the step up to 1.8x slower), and it slowed compilation. Huge
-pages keep glibc's own layout (nothing fragments) and speed up both. Numerics are unaffected (the
+pages keep glibc's default layout (4.1-4.2 GB in every run) and speed up both. Numerics are unaffected (the
 demo's table is identical).
 
 glibc reads tunables only when a process starts, so `reexec_if_cpu()` restarts the entry point
-(`os.execv`, same pid and arguments) with GLIBC_TUNABLES extended, before anything else runs;
+(`os.execve`, same pid and arguments) with GLIBC_TUNABLES extended, before anything else runs;
 child processes inherit it. It does nothing where the tunable is already set, where the backend
 will not be the CPU (JAX_PLATFORMS, else an installed TPU/GPU plugin), or with
 REWATCH_CPU_MALLOC=0. Older glibc ignores the tunable; with THP set to `never` it has no effect.
