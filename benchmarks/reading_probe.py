@@ -124,7 +124,7 @@ def main():
   rng = np.random.default_rng(args.seed)
   # each example's length (and so its M-RoPE span) drawn from [min_frames, frames], as the demo's
   # videos of 8-16 s vary
-  lengths = np.arange(args.min_frames or args.frames, args.frames + 1, 2)
+  lengths = np.arange(shortest, args.frames + 1, 2)
   make = lambda: example(rng, args.question, int(rng.choice(lengths)), args.max_shapes, args.scale)
   print(f"{args.question}, {shortest}-{args.frames} frames, batch {args.batch}, lr {args.lr}")
   print(f"{'step':>6}{'loss':>10}{'seconds':>10}")
