@@ -62,5 +62,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host.reexec_if_cpu()  # first: glibc reads its malloc tunables only at start-up
+  try:
+    host.reexec_if_cpu()  # first: glibc reads its malloc tunables only at start-up
+  except ValueError as e:  # a bad REWATCH_CPU_MALLOC
+    sys.exit(f"error: {e}")
   app.run(main)

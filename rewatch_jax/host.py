@@ -63,7 +63,7 @@ def reexec_if_cpu() -> None:
   """Restarts this process with cpu_environ() when it changes something; call first in an entry
   point (before JAX, threads or output). Returns only when nothing needs to change."""
   env = cpu_environ()
-  if env is not None:
+  if env is not None and sys.executable:  # (no interpreter path to restart: keep glibc's defaults)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

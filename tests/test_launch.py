@@ -36,6 +36,13 @@ def test_mistyped_override_fails_at_start():
   assert out.returncode != 0 and "batch_sise" in out.stderr
 
 
+def test_bad_malloc_setting_is_named_without_a_traceback():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", REWATCH_CPU_MALLOC="yes")
+  out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.py", "--workdir", "/tmp/unused"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  assert out.returncode != 0 and "REWATCH_CPU_MALLOC must be 0" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_ablation_fails_before_training(tmp_path):
   out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
                "--config.eval.ablation=swp")
