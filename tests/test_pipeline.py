@@ -25,7 +25,8 @@ def data(tmp_path_factory):
   qas = read("qa")
   two_videos = [q for pair in zip(qas[:3], qas[-3:]) for q in pair]  # alternating videos
   assert len({q.video for q in two_videos}) == 2
-  for config, recs in (("caption", caps), ("qa", qas[:12]), ("cot", read("cot")[:12]), ("rl", two_videos)):
+  for config, recs in (("caption", caps), ("qa", qas[:12]), ("cot", read("cot")[:12]), ("rl", two_videos),
+                       ("perception", read("perception")[:8])):
     tfds_rewatch.prepare(str(root / "prep"), config, recs, str(root / "toy"), SPEC, captions=caps)
   return str(root / "prep")
 
@@ -53,6 +54,15 @@ def test_sft_mixture_shapes_and_weights(data):
     np.testing.assert_array_equal(b["inputs"].input_ids[rows, b["loss_index"] + 1][real], b["loss_targets"][real])
     tasks.update(b["task"].tolist())
   assert tasks[1] > tasks[0] and tasks[1] > tasks[2] and len(tasks) == 3  # qa weighted 2:1:1
+
+
+def test_perception_examples_count_as_their_own_task(data):
+  """Perception examples are QA records; their losses are logged under the task they are drawn
+  from, in either batching."""
+  for by_task in (True, False):
+    it = iter(pipeline.sft_dataset(_pc(data, weights={"qa": 1, "perception": 1}, batch_by_task=by_task), _cfg()))
+    seen = collections.Counter(t for _ in range(6) for t in next(it)["task"].tolist())
+    assert set(seen) == {pipeline.TASKS.index("qa"), pipeline.TASKS.index("perception")}, seen
 
 
 def test_iterator_state_restores_exactly(data):

@@ -25,7 +25,10 @@ from rewatch_jax.models import positions as P
 from rewatch_jax.models.configs import ModelConfig
 from rewatch_jax.models.inputs import ModelInputs, from_hf_inputs
 
-TASKS = ("caption", "qa", "cot")
+# ReWatch's three SFT tasks, then "perception": direct-answer QA on a chosen subset that needs no
+# binding (the toy world's backdrop questions), a task of its own so that a run can weight it
+# (the demo's first stage trains on it alone; docs/training.md).
+TASKS = ("caption", "qa", "cot", "perception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +50,18 @@ def _host_slice(ds: grain.MapDataset) -> grain.MapDataset:
 
 
 class ToExample(grain.transforms.Map):
-  """Decoded TFDS example -> pixel rows, grid and tokens (host numpy; runs in Grain workers)."""
+  """Decoded TFDS example -> pixel rows, grid and tokens (host numpy; runs in Grain workers).
+  `task`: the index in TASKS of the dataset the example is drawn from (for per-task losses; a
+  perception example is a QA record, so its kind cannot say)."""
 
-  def __init__(self, cfg: ModelConfig, task_ids: dict[str, int]):
-    self.cfg, self.task_ids = cfg, task_ids
+  def __init__(self, cfg: ModelConfig, task: int = 0):
+    self.cfg, self.task = cfg, task
 
   def map(self, ex: dict[str, Any]) -> dict[str, Any]:
     pixels, grid = frames_to_patches(ex["frames"], self.cfg.vision)
     out = dict(input_ids=ex["input_ids"], loss_mask=ex["loss_mask"], pixel_values=pixels,
                video_grid_thw=np.asarray(grid, np.int64), second_per_grid=np.float32(ex["second_per_grid"]),
-               task=np.int32(self.task_ids.get(ex["kind"].decode() if isinstance(ex["kind"], bytes) else ex["kind"], 0)),
-               id=_text(ex["id"]))
+               task=np.int32(self.task), id=_text(ex["id"]))
     for key in ("answer", "caption", "question_type", "record"):
       if key in ex:
         out[key] = _text(ex[key])
@@ -120,7 +124,7 @@ class PipelineConfig:
   data_dir: str
   batch_size: int  # per process
   buckets: Sequence[Bucket]
-  weights: dict[str, float] = dataclasses.field(default_factory=lambda: {t: 1.0 for t in TASKS})
+  weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"caption": 1.0, "qa": 1.0, "cot": 1.0})
   seed: int = 0
   workers: int = 0  # Grain multiprocessing workers (0: in-process)
   read_threads: int = 4
@@ -131,8 +135,9 @@ class PipelineConfig:
   batch_by_task: bool = True
 
 
-def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, task_ids, drop_remainder: bool):
-  ds = ds.map(ToExample(cfg, task_ids))
+def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool, mapped: bool = False):
+  """Batch (and prefetch) examples, first mapped with ToExample unless `mapped` already."""
+  ds = ds if mapped else ds.map(ToExample(cfg))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2 * pc.batch_size))
   it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id))
   if pc.workers > 0:
@@ -148,14 +153,16 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   unknown = set(pc.weights) - set(TASKS)
   if unknown:
     raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
-  parts = [source(pc.data_dir, t).shuffle(pc.seed + i).repeat() for i, t in enumerate(tasks)]
-  weights, task_ids = [pc.weights[t] for t in tasks], {t: i for i, t in enumerate(TASKS)}
+  # (lazy maps: an example is decoded only when this process reads it)
+  parts = [source(pc.data_dir, t).shuffle(pc.seed + i).repeat().map(ToExample(cfg, TASKS.index(t)))
+           for i, t in enumerate(tasks)]
+  weights = [pc.weights[t] for t in tasks]
   if not pc.batch_by_task:
-    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, task_ids, drop_remainder=True)
+    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True, mapped=True)
   # Each process takes every process_count-th example of each task's stream, so global batch k of
   # a task holds the same examples for any process count; the batch-level mix is deterministic.
   collate = Collate(cfg, pc.buckets, pc.pad_id)
-  batches = [_host_slice(p).map(ToExample(cfg, task_ids)).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
+  batches = [_host_slice(p).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
              for p in parts]
   it = grain.MapDataset.mix(batches, weights).to_iter_dataset(
       grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_threads))
@@ -167,7 +174,7 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
   ds = source(pc.data_dir, "rl").shuffle(pc.seed).repeat()
-  return _finish(_host_slice(ds), pc, cfg, {}, drop_remainder=True)
+  return _finish(_host_slice(ds), pc, cfg, drop_remainder=True)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
@@ -177,7 +184,7 @@ def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
   ds = source(pc.data_dir, config)
   if shuffle_seed is not None:
     ds = ds.shuffle(shuffle_seed)
-  return _finish(_host_slice(ds), pc, cfg, {}, drop_remainder=False)
+  return _finish(_host_slice(ds), pc, cfg, drop_remainder=False)
 
 
 def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:

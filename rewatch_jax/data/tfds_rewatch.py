@@ -1,9 +1,9 @@
 """TFDS builder `rewatch`: JSONL records + a video folder -> ArrayRecord of decoded frames and tokens.
 
-Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), rl (thinking
-prompt without the answer, plus ground truth and the video's caption for the O&R reward), and
-qa_eval (direct-answer prompt without the answer, plus ground truth). Frames
-are decoded once with the VideoSpec, stored resized (ZLIB-compressed uint8), and the spec's hash
+Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), perception
+(direct-answer prompt, a QA subset trained as its own task), rl (thinking prompt without the answer,
+plus ground truth and the video's caption for the O&R reward), and qa_eval (direct-answer prompt
+without the answer, plus ground truth). Frames are decoded once with the VideoSpec, stored resized (ZLIB-compressed uint8), and the spec's hash
 is written into the dataset metadata. No TensorFlow is needed to build or read.
 
 Bad videos or records are skipped and listed in `prepare_report.json` (or stop the build with
@@ -28,9 +28,10 @@ from rewatch_jax.data.video import FrameCache, VideoSpec, load_video
 from rewatch_jax.models.configs import VisionConfig
 
 VERSION = "1.0.0"
-MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "rl": "thinking", "qa_eval": "direct"}
-KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "rl": (R.QARecord,),
-         "qa_eval": (R.QARecord,)}
+MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "perception": "direct", "rl": "thinking",
+         "qa_eval": "direct"}
+KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "perception": (R.QARecord,),
+         "rl": (R.QARecord,), "qa_eval": (R.QARecord,)}
 PROMPT_ONLY = ("rl", "qa_eval")  # generation prompt + ground truth, no assistant turn
 
 
