@@ -29,14 +29,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 H, W = 84, 112
-BACKDROPS = {"navy": (20, 25, 90), "maroon": (90, 20, 25), "olive": (75, 75, 15), "teal": (10, 75, 75),
-             "grey": (85, 85, 85), "black": (5, 5, 5)}
 QUESTIONS = ("colour", "backdrop", "backdrop_change", "backdrop_start")
 
 
 def example(rng, question: str, frames: int, max_shapes: int, scale: float):
   """(uint8 frames [T, H, W, 3], question, answer)."""
   from rewatch_jax.data import toyworld
+  BACKDROPS = toyworld.BACKDROPS
   names, colours = list(BACKDROPS), list(toyworld.COLOURS)
   backdrop = names[rng.integers(len(names))]
   img = np.empty((H, W, 3), np.uint8)

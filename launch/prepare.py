@@ -2,12 +2,12 @@ r"""Prepare datasets.
 
   python launch/prepare.py --toyworld 200 --out /tmp/toy
       the embedded procedural world: out/videos/*.mp4 and ReWatch JSONL records per split
-      (train_/test_ caption, qa, cot, cot_hallucinated); re-running reuses existing videos.
+      (train_/test_ caption, qa, cot, cot_hallucinated, perception); re-running reuses existing videos.
 
   python launch/prepare.py --records qa.jsonl --videos DIR --out DIR --config qa \
       [--captions caption.jsonl] [--processes 8] [--num_shards N --shard_index I]
       JSONL records + videos -> TFDS `rewatch` ArrayRecord files of decoded frames and tokens
-      (configs caption, qa, cot, rl). Bad videos are skipped and listed in prepare_report.json
+      (configs caption, qa, cot, perception, rl, qa_eval). Bad videos are skipped and listed in prepare_report.json
       (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
 """
 
@@ -26,7 +26,8 @@ flags.DEFINE_integer("seed", 0, "First toy-world seed (video i uses seed + i).")
 flags.DEFINE_float("test_fraction", 0.2, "Share of toy-world videos held out as the test split.")
 flags.DEFINE_string("records", None, "JSONL records to prepare.")
 flags.DEFINE_string("videos", None, "Video root that record paths are relative to.")
-flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "rl", "qa_eval"], "Which prepared dataset to build.")
+flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "perception", "rl", "qa_eval"],
+                  "Which prepared dataset to build.")
 flags.DEFINE_string("captions", None, "Caption JSONL (the rl config keeps each video's caption).")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (default: the Qwen vocabulary).")
 flags.DEFINE_string("cache_dir", None, "Frame cache directory (default: OUT/frame_cache); each video is decoded once per spec.")

@@ -5,10 +5,11 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from rewatch_jax.data import records as R
 from rewatch_jax.data import toyworld as T
-from rewatch_jax.data.video import load_video
+from rewatch_jax.data.video import VideoSpec, load_video, sample_indices, smart_nframes
 
 
 def test_deterministic():
@@ -37,6 +38,25 @@ def test_pixels_match_the_event_log():
         assert tuple(pixel) == T.COLOURS[s.colour_at(t)], (seed, s, t)
         checked += 1
   assert checked > 100
+
+
+def test_backdrop_changes_between_frame_pairs():
+  """The background shows the backdrop the event log names, and each change falls between two
+  frame pairs of the sampling it was generated for (so no merged visual token blends two backdrops)."""
+  changes = 0
+  for seed in range(20):
+    spec = VideoSpec(fps=(0.5, 1.0)[seed % 2], min_frames=4)
+    w = T.generate(seed, duration=(8, 16), spec=spec)
+    for t in np.arange(0, w.duration, 0.5):
+      colours, counts = np.unique(T.render_frame(w, t).reshape(-1, 3), axis=0, return_counts=True)
+      assert tuple(colours[counts.argmax()]) == T.BACKDROPS[w.backdrop_at(t)], (seed, t)
+    total = int(w.duration * w.fps)
+    times = sample_indices(total, smart_nframes(spec, total, w.fps)) / w.fps
+    pairs = [{w.backdrop_at(x) for x in times[j:j + 2]} for j in range(0, len(times), 2)]
+    assert all(len(p) == 1 for p in pairs), (seed, w.backdrops)
+    changes += len(w.backdrops) - 1
+    assert [(0.0, f"the background is {w.backdrops[0][1]}")] == [e for e in w.events() if e[1].startswith("the background is")]
+  assert 10 < changes < 30  # 0-2 a world
 
 
 def test_captions_cover_the_video_and_records_validate():
@@ -75,6 +95,9 @@ def test_build_writes_decodable_videos_and_splits(tmp_path):
   assert stats["train_caption"] == 2 and stats["test_caption"] == 1
   qas = list(R.read_jsonl(str(tmp_path / "test_qa.jsonl")))
   assert qas and all(q.video.startswith("videos/") for q in qas)
+  # the perception set: exactly the QA records that ask about the backdrop, open and MC
+  perception = list(R.read_jsonl(str(tmp_path / "test_perception.jsonl")))
+  assert perception == [q for q in qas if "background" in q.question] and {q.form for q in perception} == {"open", "mc"}
   caps = list(R.read_jsonl(str(tmp_path / "train_caption.jsonl")))
   v = load_video(str(tmp_path / caps[0].video))
   assert abs(v.duration - caps[0].duration) < 0.2 and len(v.frames) >= 16
@@ -90,6 +113,12 @@ def test_build_writes_decodable_videos_and_splits(tmp_path):
   T.build(str(tmp_path), count=3, seed=100)
   assert (tmp_path / "train_qa.jsonl").read_text() == before
   assert json.loads(before.splitlines()[0])["lineage"]["source"] == "toyworld"
+  # another world's records are never paired with these videos, nor with a manifest-less old build
+  with pytest.raises(ValueError, match="another toy world.*shapes"):
+    T.build(str(tmp_path), count=3, seed=100, shapes=(1, 2))
+  (tmp_path / "manifest.json").unlink()
+  with pytest.raises(ValueError, match="older generator"):
+    T.build(str(tmp_path), count=3, seed=100)
 
 
 def test_no_duplicate_or_ambiguous_questions():
@@ -101,7 +130,7 @@ def test_no_duplicate_or_ambiguous_questions():
 
 def _template(q) -> tuple:
   """The question with every world-specific word blanked: what a text-only guesser can key on."""
-  vocab = "|".join([*T.COLOURS, *T.SHAPES, *T.SIZES, *T.SIDES, *T.WORDS])
+  vocab = "|".join([*T.COLOURS, *T.BACKDROPS, *T.SHAPES, *T.SIZES, *T.SIDES, *T.WORDS])
   return q.question_type, q.form, re.sub(rf"\b({vocab})s?\b|\d+:\d+|\d+", "_", q.question)
 
 

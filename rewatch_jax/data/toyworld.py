@@ -1,15 +1,17 @@
 """The toy world: procedural videos with an exact event log, and ReWatch-format data from it.
 
 Coloured shapes enter, move, change colour or size, pass behind each other and leave; numbers and
-words are shown for a while. Each video is 8-30 s of small frames, written as real H.264 mp4 by
-ffmpeg. Because the event log is exact, captions, QA and CoT traces are true by construction, and
-deliberately hallucinated CoT variants (false observations, right answer) test the O&R reward.
+words are shown for a while; the background (the backdrop) changes colour up to twice. Each video
+is 8-30 s of small frames, written as real H.264 mp4 by ffmpeg. Because the event log is exact,
+captions, QA and CoT traces are true by construction, and deliberately hallucinated CoT variants
+(false observations, right answer) test the O&R reward.
 Everything is deterministic from the seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from rewatch_jax.data.records import (LETTERS, CaptionRecord, CoTRecord, Lineage, QARecord, Segment,
                                       format_timestamp)
-from rewatch_jax.data.video import ffmpeg_exe
+from rewatch_jax.data.video import VideoSpec, ffmpeg_exe, sample_indices, smart_nframes
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
            "yellow": (235, 210, 40), "purple": (150, 60, 200), "white": (240, 240, 240)}
@@ -25,8 +27,18 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the frame height
 SIDES = ("left", "right", "top", "bottom")
 WORDS = ("GO", "STOP", "EXIT", "BOX", "KEY", "SKY", "MAP", "SUN")  # no colour or shape names
-BACKGROUND = (30, 30, 40)
-GENERATOR = "toyworld-v2"  # v2: answers not guessable from the text (see tests)
+# Backdrop names share no word with the shape colours, so "navy" can only be about the background.
+BACKDROPS = {"navy": (20, 25, 90), "maroon": (90, 20, 25), "olive": (75, 75, 15), "teal": (10, 75, 75),
+             "grey": (85, 85, 85), "black": (5, 5, 5)}
+# v2: answers not guessable from the text (see tests); v3: a backdrop that changes colour, and
+# "perception" questions about it (a scene-wide attribute read at a named moment: no binding of
+# attributes to objects, so a tiny model learns to read it on a CPU; docs/training.md)
+GENERATOR = "toyworld-v3"
+# The perception questions (also written on their own as {split}_perception.jsonl): one scene-wide
+# colour, read at the moment the question names.
+PERCEPTION_QUESTIONS = ("What colour is the background when the video starts?",
+                        "What colour does the background turn the first time it changes?",
+                        "What colour is the background when the video ends?")
 
 # 5x7 bitmap glyphs, one string of 7 rows of 5 bits per character.
 _GLYPHS = {
@@ -99,10 +111,15 @@ class World:
   height: int
   shapes: list[Shape]
   texts: list[Text]
+  backdrops: list[tuple[float, str]]  # (from time, backdrop name), the first from 0
+
+  def backdrop_at(self, t: float) -> str:
+    return [name for start, name in self.backdrops if start <= t][-1]
 
   def events(self) -> list[tuple[float, str]]:
     """Every moment something happens, with a true description (the event log)."""
-    ev = []
+    ev = [(0.0, f"the background is {self.backdrops[0][1]}")]
+    ev += [(t, f"the background turns {name}") for t, name in self.backdrops[1:]]
     for s in self.shapes:
       ev.append((s.enter_t, f"a {s.label(s.enter_t)} enters from the {s.enter_side}"))
       if s.colour_change:
@@ -120,9 +137,11 @@ class World:
 
 
 def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10,
-             duration: tuple[int, int] = (8, 30), shapes: tuple[int, int] = (2, 5)) -> World:
+             duration: tuple[int, int] = (8, 30), shapes: tuple[int, int] = (2, 5),
+             spec: VideoSpec = VideoSpec(fps=0.5, min_frames=4)) -> World:
   """One world; `duration` (s) and the number of `shapes` are drawn uniformly from the inclusive
-  ranges (smaller worlds are easier to learn: the CPU demo uses them)."""
+  ranges (smaller worlds are easier to learn: the CPU demo uses them). Backdrop changes fall between
+  the frame pairs that `spec` samples (the demo's spec: 0.5 fps)."""
   rng = np.random.default_rng(seed)
   duration = float(rng.integers(duration[0], duration[1] + 1))
   n = int(rng.integers(shapes[0], shapes[1] + 1))
@@ -152,7 +171,24 @@ def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10,
     word = str(rng.integers(0, 10)) if rng.random() < 0.5 else WORDS[rng.integers(len(WORDS))]
     start = float(np.round(rng.uniform(0, duration - 3), 1))
     texts.append(Text(word, start, float(np.round(start + rng.uniform(2, 4), 1)), ("top", "bottom")[k % 2]))
-  return World(f"toy-{seed:06d}", duration, fps, width, height, shapes, texts)
+  return World(f"toy-{seed:06d}", duration, fps, width, height, shapes, texts,
+               _backdrops(np.random.default_rng([seed, 1]), duration, fps, spec))
+
+
+def _backdrops(rng, duration: float, fps: int, spec: VideoSpec) -> list[tuple[float, str]]:
+  """A starting backdrop and 0-2 changes (uniformly), each at a gap between two frame pairs that
+  `spec` samples, so that every merged visual token shows one backdrop (the Qwen2.5-VL patch spans
+  two frames; a change inside a pair would blend two colours in one token). Drawn from their own
+  random stream, so the shapes and texts of a seed are those of toyworld-v2."""
+  total = int(round(duration * fps))
+  times = sample_indices(total, smart_nframes(spec, total, fps)) / fps
+  gaps = [float(np.round((times[j - 1] + times[j]) / 2, 1)) for j in range(2, len(times) - 1, 2)]
+  names = list(BACKDROPS)
+  out = [(0.0, names[rng.integers(len(names))])]
+  for t in sorted(rng.choice(gaps, min(int(rng.integers(3)), len(gaps)), replace=False)):
+    others = [n for n in names if n != out[-1][1]]
+    out.append((float(t), others[rng.integers(len(others))]))
+  return out
 
 
 # ---- rendering ----
@@ -183,7 +219,7 @@ def _draw_text(img, word: str, band: str, scale: int = 2):
 
 def render_frame(world: World, t: float) -> np.ndarray:
   img = np.empty((world.height, world.width, 3), np.uint8)
-  img[:] = BACKGROUND
+  img[:] = BACKDROPS[world.backdrop_at(t)]
   for s in sorted(world.shapes, key=lambda s: s.z):
     if s.enter_t <= t < s.leave_t:
       x, y = s.position(t)
@@ -310,6 +346,16 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
     out.append(("counterfactual", f"If the {c.label(c.enter_t, False)} had never appeared, how many shapes "
                 "would have entered the scene in total?", str(n), [str(k) for k in range(6) if k != n],
                 [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible]))
+  # perception: the backdrop at the start, after its first change and at the end
+  (_, start), (last_t, last) = world.backdrops[0], world.backdrops[-1]
+  others = lambda name: [b for b in BACKDROPS if b != name]
+  at_start, first_turn, at_end = PERCEPTION_QUESTIONS
+  out.append(("object_recognition", at_start, start, others(start), [Fact(0, 1, f"the background is {start}")]))
+  if len(world.backdrops) > 1:
+    t, turn = world.backdrops[1]
+    out.append(("state_change", first_turn, turn, others(turn),
+                [Fact(0, 1, f"the background is {start}"), Fact(t - 0.5, t + 0.5, f"the background turns {turn}")]))
+  out.append(("state_change", at_end, last, others(last), [Fact(max(last_t, d - 1), d, f"the background is {last}")]))
   occl = [(s, o) for s in visible for o in visible if o.z > s.z and _overlap(world, s, o) is not None]
   if occl:
     s, o = occl[0]
@@ -391,7 +437,7 @@ def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], lis
 
 
 def _falsify(text: str, rng) -> str:
-  for group in (list(COLOURS), list(SIDES), list(SHAPES), ["large", "small"]):
+  for group in (list(COLOURS), list(BACKDROPS), list(SIDES), list(SHAPES), ["large", "small"]):
     for word in group:
       if f" {word}" in f" {text}":
         other = [w for w in group if w != word]
@@ -429,11 +475,42 @@ def train_tokenizer(out_dir: str, vocab_size: int = 1024) -> str:
   return path
 
 
+def manifest(count: int, seed: int = 0, test_fraction: float = 0.2, **ranges) -> dict:
+  """What a `build` with these arguments makes, as written to out_dir/manifest.json."""
+  as_json = lambda v: v.to_dict() if isinstance(v, VideoSpec) else list(v) if isinstance(v, tuple) else v
+  return dict(generator=GENERATOR, count=count, seed=seed, test_fraction=test_fraction,
+              **{k: as_json(v) for k, v in sorted(ranges.items())})
+
+
+def built(out_dir: str, want: dict) -> bool:
+  """Whether out_dir holds the toy world `want` describes (False: nothing built there yet). Another
+  world, or videos of a generator older than manifests, is an error: records of one world must
+  never be paired with another's videos."""
+  path = os.path.join(out_dir, "manifest.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      have = json.load(f)
+    if have != want:
+      diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
+      raise ValueError(f"{out_dir} holds another toy world (field: (there, wanted)) {diff}; "
+                       "build into a new directory (or delete it)")
+    return True
+  if os.path.isdir(os.path.join(out_dir, "videos")) and os.listdir(os.path.join(out_dir, "videos")):
+    raise ValueError(f"{out_dir} holds toy-world videos of an older generator (no manifest.json); "
+                     f"build into a new directory (or delete it); this one is {GENERATOR}")
+  return False
+
+
 def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, **ranges) -> dict[str, int]:
   """Write `count` videos under out_dir/videos, ReWatch JSONL files per split
-  ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl)
-  and the toy tokenizer (tokenizer.json). `ranges` go to `generate` (duration, shapes)."""
+  ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl, and
+  {split}_perception.jsonl: the QA records that ask a PERCEPTION_QUESTION), the toy tokenizer
+  (tokenizer.json) and manifest.json (the arguments and GENERATOR; written last, so it marks a
+  finished build). `ranges` go to `generate` (duration, shapes, spec). Rerunning with the same
+  arguments reuses the videos; different ones raise (see `built`)."""
   from rewatch_jax.data.records import write_jsonl
+  want = manifest(count, seed, test_fraction, **ranges)
+  built(out_dir, want)
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
   n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
   stats = {}
@@ -451,7 +528,11 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
       qas += q
       cots += c
       fakes += f
-    for name, recs in (("caption", caps), ("qa", qas), ("cot", cots), ("cot_hallucinated", fakes)):
+    perception = [q for q in qas if q.question in PERCEPTION_QUESTIONS]
+    for name, recs in (("caption", caps), ("qa", qas), ("cot", cots), ("cot_hallucinated", fakes),
+                       ("perception", perception)):
       stats[f"{split}_{name}"] = write_jsonl(os.path.join(out_dir, f"{split}_{name}.jsonl"), recs)
   train_tokenizer(out_dir)
+  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    json.dump(want, f, indent=1)
   return stats
