@@ -26,13 +26,20 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       dir="",  # prepared data (launch/prepare.py): caption, qa, cot configs
       batch_size=64,  # global
-      weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0}),
+      weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0, "perception": 0.0}),
       # (tokens, patch slots, frame block, trained tokens): one compiled step per bucket
       buckets=[dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)],
       workers=8,
       pad_id=151643,
       batch_by_task=True,  # one task per batch, so each fits its task's smallest bucket
   ))
+  # An optional first stage: `steps` steps of the same trainer on the `weights` task mix at
+  # `batch_size` (0: data.batch_size), with its own checkpoints under <workdir>/pretrain; then the
+  # SFT starts from its weights with a fresh optimizer. The demo's stand-in for the pretraining a
+  # real Qwen2.5-VL has had before ReWatch.
+  c.pretrain = ml_collections.ConfigDict(dict(
+      steps=0, batch_size=0,
+      weights=ml_collections.ConfigDict({"caption": 0.0, "qa": 0.0, "cot": 0.0, "perception": 1.0})))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-6, warmup_steps=100, schedule="cosine", final_lr_fraction=0.0,
       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,

@@ -8,10 +8,11 @@ Ablations show what a model takes from the video (`ablation=`):
   scores the same; one that reads the video drops. `swapped` reports the fraction that moved.
 * "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
   drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
-The result holds every `predictions` row (question, answer, response, correct: True / False / None
-when unparseable, truncated: no EOS within `max_new_tokens`); the trainer's driver writes them to
-`<workdir>/eval_<stage>.jsonl`. `cut_off` counts the answers opened but not closed when the token
-budget ran out: scored as unparseable through no fault of the model (the driver warns).
+The result holds every `predictions` row (record id, video, question, answer, response, correct:
+True / False / None when unparseable, truncated: no EOS within `max_new_tokens`); the trainer's
+driver writes them to `<workdir>/eval_<stage>.jsonl`. `cut_off` counts the answers opened but not
+closed when the token budget ran out: scored as unparseable through no fault of the model (the
+driver warns).
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
       by_type[rec["question_type"]][1] += 1
       by_form[rec["form"]][0] += bool(verdict)
       by_form[rec["form"]][1] += 1
-      predictions.append(dict(video=rec["video"], question=rec["question"], question_type=rec["question_type"],
-                              form=rec["form"], answer=rec["answer"], response=text, correct=verdict,
-                              truncated=hit_limit))
+      predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
+                              question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
+                              response=text, correct=verdict, truncated=hit_limit))
     if limit and n >= limit:
       break
   out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,

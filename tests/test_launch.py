@@ -17,18 +17,30 @@ def _train(*args):
 
 def test_demo_runs_end_to_end(tmp_path):
   """The README's main command, shrunk: toy data prepared, evaluated, trained, evaluated."""
-  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=3",
-               "--config.total_steps=3", "--config.log_every_steps=1", "--config.data.batch_size=4",
-               "--config.eval.limit=8", "--config.eval.batch_size=8")
+  args = ("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=3",
+          "--config.pretrain.steps=2", "--config.pretrain.batch_size=4", "--config.total_steps=3",
+          "--config.log_every_steps=1", "--config.data.batch_size=4", "--config.eval.batch_size=8")
+  out = _train(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
-  assert results["sft"]["steps"] == 3 and 0 <= results["after_sft"]["accuracy"] <= 1
-  assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] == 8  # the video ablation
+  assert results["pretrain"]["steps"] == 2 and results["sft"]["steps"] == 3
+  assert 0 <= results["after_sft"]["accuracy"] <= 1 and 0 <= results["after_sft"]["perception"] <= 1
+  assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] > 8  # the video ablation
   answers = [json.loads(line) for line in (tmp_path / "eval_after_sft.jsonl").read_text().splitlines()]
-  assert len(answers) == 8 and {"question", "answer", "response", "correct", "truncated"} <= set(answers[0])
-  assert "after_sft" in out.stdout and "chance" in out.stdout
+  assert {"id", "question", "answer", "response", "correct", "truncated"} <= set(answers[0])
+  assert "after_sft" in out.stdout and "chance" in out.stdout and "perception" in out.stdout
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
   assert (tmp_path / "checkpoints" / "3").exists() and (tmp_path / "metrics.jsonl").exists()
+  # the pretraining stage: its own checkpoints and metrics, only the perception task
+  stage = [json.loads(line) for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in stage] == [1, 2] and (tmp_path / "pretrain" / "checkpoints" / "2").exists()
+  assert all({k for k in r if k.startswith("loss_")} == {"loss_perception"} for r in stage)
+  # the same command again finds both stages finished: nothing is trained twice, the same answers
+  logs = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("pretrain", ".")]
+  out = _train(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert [(tmp_path / d / "metrics.jsonl").read_text() for d in ("pretrain", ".")] == logs
+  assert json.loads((tmp_path / "results.json").read_text())["after_sft"] == results["after_sft"]
 
 
 def test_mistyped_override_fails_at_start():

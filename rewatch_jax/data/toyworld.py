@@ -34,7 +34,8 @@ BACKDROPS = {"navy": (20, 25, 90), "maroon": (90, 20, 25), "olive": (75, 75, 15)
 # "perception" questions about it (a scene-wide attribute read at a named moment: no binding of
 # attributes to objects, so a tiny model learns to read it on a CPU; docs/training.md)
 GENERATOR = "toyworld-v3"
-# The perception questions (also written on their own as {split}_perception.jsonl): one scene-wide
+# The perception questions (their open form also written on its own as {split}_perception.jsonl:
+# open answers teach a read that multiple choice, one binding step more, does not): one scene-wide
 # colour, read at the moment the question names.
 PERCEPTION_QUESTIONS = ("What colour is the background when the video starts?",
                         "What colour does the background turn the first time it changes?",
@@ -504,7 +505,7 @@ def built(out_dir: str, want: dict) -> bool:
 def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, **ranges) -> dict[str, int]:
   """Write `count` videos under out_dir/videos, ReWatch JSONL files per split
   ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl, and
-  {split}_perception.jsonl: the QA records that ask a PERCEPTION_QUESTION), the toy tokenizer
+  {split}_perception.jsonl: the open QA records that ask a PERCEPTION_QUESTION), the toy tokenizer
   (tokenizer.json) and manifest.json (the arguments and GENERATOR; written last, so it marks a
   finished build). `ranges` go to `generate` (duration, shapes, spec). Rerunning with the same
   arguments reuses the videos; different ones raise (see `built`)."""
@@ -528,7 +529,7 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
       qas += q
       cots += c
       fakes += f
-    perception = [q for q in qas if q.question in PERCEPTION_QUESTIONS]
+    perception = [q for q in qas if q.question in PERCEPTION_QUESTIONS and q.form == "open"]
     for name, recs in (("caption", caps), ("qa", qas), ("cot", cots), ("cot_hallucinated", fakes),
                        ("perception", perception)):
       stats[f"{split}_{name}"] = write_jsonl(os.path.join(out_dir, f"{split}_{name}.jsonl"), recs)

@@ -1,5 +1,5 @@
 """What `launch/train.py` runs: (toy-world data preparation for the demo), evaluation before,
-SFT, evaluation after, and a results table."""
+(a pretraining stage,) SFT, evaluation after, and a results table."""
 
 from __future__ import annotations
 
@@ -13,26 +13,29 @@ from rewatch_jax.data import chat, pipeline, records as R, tfds_rewatch, toyworl
 from rewatch_jax.data.video import VideoSpec
 
 
-def prepare_toyworld(config, workdir: str) -> None:
-  """Generate and prepare the demo's data under <workdir>/data unless it is already there."""
+def prepare_toyworld(config, workdir: str) -> set[str]:
+  """Generate and prepare the demo's data under <workdir>/data unless it is already there; returns
+  the ids of the held-out perception questions (the results table shows their accuracy apart)."""
   tw = config.toyworld
   root = os.path.join(workdir, "data")
   toy, prepared = os.path.join(root, "toy"), os.path.join(root, "prepared")
-  if not os.path.exists(os.path.join(toy, "tokenizer.json")):
-    print(f"toy world: generating {tw.videos} videos -> {toy}")
-    toyworld.build(toy, tw.videos, seed=tw.seed, test_fraction=tw.test_fraction, duration=tuple(tw.duration),
-                   shapes=tuple(tw.shapes))
-  tokenizer = os.path.join(toy, "tokenizer.json")
   spec = VideoSpec(**config.video_spec.to_dict())
+  world = dict(seed=tw.seed, test_fraction=tw.test_fraction, duration=tuple(tw.duration), shapes=tuple(tw.shapes),
+               spec=spec)
+  if not toyworld.built(toy, toyworld.manifest(tw.videos, **world)):
+    print(f"toy world: generating {tw.videos} videos -> {toy}")
+    toyworld.build(toy, tw.videos, **world)
+  tokenizer = os.path.join(toy, "tokenizer.json")
   read = lambda split, kind: list(R.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
   for name, split, kind in (("caption", "train", "caption"), ("qa", "train", "qa"), ("cot", "train", "cot"),
-                            ("qa_eval", "test", "qa")):
+                            ("perception", "train", "perception"), ("qa_eval", "test", "qa")):
     if not os.path.exists(os.path.join(prepared, "rewatch", name, tfds_rewatch.VERSION, "dataset_info.json")):
       report = tfds_rewatch.prepare(prepared, name, read(split, kind), toy, spec, tokenizer=tokenizer,
                                     cache_dir=os.path.join(root, "frame_cache"))
       print(f"prepared {name}: {report['written']} examples ({len(report['skipped'])} skipped)")
   config.data.dir = config.eval.dir = prepared
   config.tokenizer = tokenizer
+  return {r.id for r in read("test", "perception")}
 
 
 def _check_tokenizer(config) -> None:
@@ -48,13 +51,27 @@ def _check_tokenizer(config) -> None:
     raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, model vocab_size is {m.text.vocab_size}")
 
 
-def _evaluate(model, config, ablation: str = ""):
+def _pretrain_config(config):
+  """The SFT config with the pretraining stage's steps, batch size and task mix (same model,
+  optimizer settings and data)."""
+  stage = config.copy_and_resolve_references()
+  with stage.unlocked():
+    stage.total_steps, stage.epochs = config.pretrain.steps, 0.0
+    stage.data.batch_size = config.pretrain.batch_size or config.data.batch_size
+    stage.data.weights = config.pretrain.weights.copy_and_resolve_references()
+  return stage
+
+
+def _evaluate(model, config, ablation: str = "", perception: set[str] = frozenset()):
   from rewatch_jax.evaluate import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
   result = evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
                     e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
                     limit=e.limit or None, ablation=ablation, seed=config.seed)
+  hits = [bool(p["correct"]) for p in result["predictions"] if p["id"] in perception]
+  if hits:  # the accuracy on the perception questions alone
+    result["perception"] = sum(hits) / len(hits)
   if result["cut_off"]:
     print(f"warning: {result['cut_off']} of {result['n']} answers were cut off by eval.max_new_tokens="
           f"{e.max_new_tokens} (scored as unparseable); raise it")
@@ -66,8 +83,7 @@ def run(config, workdir: str) -> dict:
   from rewatch_jax.train import sft
   if config.eval.ablation not in ABLATIONS:  # fail before training, not after
     raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
-  if config.toyworld.videos:
-    prepare_toyworld(config, workdir)
+  perception = prepare_toyworld(config, workdir) if config.toyworld.videos else set()
   _check_tokenizer(config)
   if config.epochs:
     examples = sum(len(pipeline.source(config.data.dir, t)) * (w > 0) for t, w in config.data.weights.items())
@@ -78,13 +94,22 @@ def run(config, workdir: str) -> dict:
   if config.eval.enabled and config.eval.before:
     from rewatch_jax.train.mesh import make_mesh
     model = sft.build_model(config, make_mesh(dict(config.mesh)))
-    results["before"] = _evaluate(model, config)
+    results["before"] = _evaluate(model, config, perception=perception)
+  if config.pretrain.steps:
+    model, pre = sft.train(_pretrain_config(config), f"{workdir}/pretrain", model=model, name="pretrain")
+    results["pretrain"] = {"steps": pre.step, "final_loss": pre.final_loss}
+    if pre.step < config.pretrain.steps:  # stopped (SIGTERM): the rerun resumes here
+      return results
+    if config.eval.enabled:
+      results["after_pretrain"] = _evaluate(model, config, perception=perception)
   model, train_result = sft.train(config, workdir, model=model)
   results["sft"] = {"steps": train_result.step, "final_loss": train_result.final_loss}
+  if train_result.step < config.total_steps:
+    return results
   if config.eval.enabled:
-    results["after_sft"] = _evaluate(model, config)
+    results["after_sft"] = _evaluate(model, config, perception=perception)
     if config.eval.ablation:  # what the accuracy owes to the video (evaluate.py)
-      results[f"after_sft_{config.eval.ablation}"] = _evaluate(model, config, config.eval.ablation)
+      results[f"after_sft_{config.eval.ablation}"] = _evaluate(model, config, config.eval.ablation, perception)
   if jax.process_index() == 0:
     for stage, r in results.items():  # every answer, to read or re-score: eval_<stage>.jsonl
       if "predictions" in r:
@@ -100,9 +125,11 @@ def print_table(results: dict) -> None:
   if not rows:
     return
   forms = sorted({f for _, v in rows for f in v["by_form"]})
-  print("\n" + f"{'stage':<24}{'accuracy':>10}" + "".join(f"{'acc ' + f:>10}" for f in forms) + f"{'parsed':>9}{'n':>6}")
+  cols = [f"acc {f}" for f in forms] + ["perception"] * any("perception" in v for _, v in rows)
+  print("\n" + f"{'stage':<24}{'accuracy':>10}" + "".join(f"{c:>11}" for c in cols) + f"{'parsed':>9}{'n':>6}")
   for name, v in rows:
-    print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{v['by_form'].get(f, float('nan')):>10.3f}" for f in forms)
+    values = [v["by_form"].get(f, float("nan")) for f in forms] + [v.get("perception", float("nan"))] * ("perception" in cols)
+    print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{x:>11.3f}" for x in values)
           + f"{v['parsed_rate']:>9.2f}{v['n']:>6}")
-  print("(chance: 0.25 on 4-way multiple choice; *_swap: each question shown another video's frames,"
-        " *_blank: frames blanked)")
+  print("(chance: 0.25 on 4-way multiple choice; perception: the open questions about the backdrop;"
+        " *_swap: each question shown another video's frames, *_blank: frames blanked)")

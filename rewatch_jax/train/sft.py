@@ -180,7 +180,7 @@ class Result:
   final_loss: float
 
 
-def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL, Result]:
+def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft") -> tuple[Qwen25VL, Result]:
   mesh = make_mesh(dict(config.mesh))
   dc = config.data
   global_batch = dc.batch_size
@@ -209,7 +209,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
   losses, pending, t_log = [], [], time.perf_counter()
-  progress = _progress(start, config.total_steps)
+  progress = _progress(start, config.total_steps, name)
   try:
     step = start
     while step < config.total_steps:
@@ -237,9 +237,9 @@ def train(config, workdir: str, model: Qwen25VL | None = None) -> tuple[Qwen25VL
   return model, Result(step=int(state["step"]), losses=losses, final_loss=losses[-1] if losses else float("nan"))
 
 
-def _progress(start, total):
+def _progress(start, total, name):
   from tqdm import tqdm
-  return tqdm(total=total, initial=start, desc="sft", unit="step", dynamic_ncols=True,
+  return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True,
               disable=jax.process_index() != 0)
 
 
