@@ -116,6 +116,12 @@ def test_build_writes_decodable_videos_and_splits(tmp_path):
   # another world's records are never paired with these videos, nor with a manifest-less old build
   with pytest.raises(ValueError, match="another toy world.*shapes"):
     T.build(str(tmp_path), count=3, seed=100, shapes=(1, 2))
+  want = T.manifest(3, seed=100)
+  assert T.built(str(tmp_path), want)
+  (tmp_path / "tokenizer.json").unlink()  # as if interrupted: not finished, and built again in place
+  assert not T.built(str(tmp_path), want)
+  T.build(str(tmp_path), count=3, seed=100)
+  assert T.built(str(tmp_path), want) and (tmp_path / "train_qa.jsonl").read_text() == before
   (tmp_path / "manifest.json").unlink()
   with pytest.raises(ValueError, match="older generator"):
     T.build(str(tmp_path), count=3, seed=100)

@@ -484,9 +484,9 @@ def manifest(count: int, seed: int = 0, test_fraction: float = 0.2, **ranges) ->
 
 
 def built(out_dir: str, want: dict) -> bool:
-  """Whether out_dir holds the toy world `want` describes (False: nothing built there yet). Another
-  world, or videos of a generator older than manifests, is an error: records of one world must
-  never be paired with another's videos."""
+  """Whether out_dir holds the finished toy world `want` describes (False: not built there yet, or
+  a build of it was interrupted). Another world, or videos of a generator older than manifests, is
+  an error: records of one world must never be paired with another's videos."""
   path = os.path.join(out_dir, "manifest.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -495,7 +495,7 @@ def built(out_dir: str, want: dict) -> bool:
       diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
       raise ValueError(f"{out_dir} holds another toy world (field: (there, wanted)) {diff}; "
                        "build into a new directory (or delete it)")
-    return True
+    return os.path.exists(os.path.join(out_dir, "tokenizer.json"))  # written last
   if os.path.isdir(os.path.join(out_dir, "videos")) and os.listdir(os.path.join(out_dir, "videos")):
     raise ValueError(f"{out_dir} holds toy-world videos of an older generator (no manifest.json); "
                      f"build into a new directory (or delete it); this one is {GENERATOR}")
@@ -506,13 +506,15 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
   """Write `count` videos under out_dir/videos, ReWatch JSONL files per split
   ({split}_caption.jsonl, {split}_qa.jsonl, {split}_cot.jsonl, {split}_cot_hallucinated.jsonl, and
   {split}_perception.jsonl: the open QA records that ask a PERCEPTION_QUESTION), the toy tokenizer
-  (tokenizer.json) and manifest.json (the arguments and GENERATOR; written last, so it marks a
-  finished build). `ranges` go to `generate` (duration, shapes, spec). Rerunning with the same
-  arguments reuses the videos; different ones raise (see `built`)."""
+  (tokenizer.json, written last) and manifest.json (the arguments and GENERATOR, written first).
+  `ranges` go to `generate` (duration, shapes, spec). Rerunning with the same arguments (after an
+  interruption, say) reuses the videos; different ones raise (see `built`)."""
   from rewatch_jax.data.records import write_jsonl
   want = manifest(count, seed, test_fraction, **ranges)
   built(out_dir, want)
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    json.dump(want, f, indent=1)
   n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
   stats = {}
   for split, seeds in (("train", range(seed, seed + count - n_test)), ("test", range(seed + count - n_test, seed + count))):
@@ -534,6 +536,4 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
                        ("perception", perception)):
       stats[f"{split}_{name}"] = write_jsonl(os.path.join(out_dir, f"{split}_{name}.jsonl"), recs)
   train_tokenizer(out_dir)
-  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-    json.dump(want, f, indent=1)
   return stats
