@@ -199,16 +199,16 @@ def make_bframe_video(path, *extra, seconds=10, fps=20, audio=False):
   return str(path)
 
 
-def _decode_both_ways(path, monkeypatch):
+def _decode_both_ways(path, monkeypatch, spec=VideoSpec()):
   """load_video as it is and with the drop disabled, and the ffmpeg argument lists of each."""
   runs, real = [], V._run
   monkeypatch.setattr(V, "_run", lambda args, *a: runs.append(args) or real(args, *a))
-  fast = load_video(path)
+  fast = load_video(path, spec)
   fast_runs = runs[:]
   with monkeypatch.context() as m:
     m.setattr(V, "_drop_plan", lambda *a: None)
     runs.clear()
-    plain = load_video(path)
+    plain = load_video(path, spec)
   return fast, fast_runs, plain, runs
 
 
@@ -227,11 +227,35 @@ def test_bframes_dropped_with_identical_frames(tmp_path, monkeypatch, sliced):
   np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
 
 
-def test_no_bframes_nothing_dropped(tmp_path, monkeypatch):
-  path = make_video(tmp_path / "p.mp4", seconds=4)  # ultrafast: no B-frames, every frame a reference
-  assert V._avc_frames(path) is None and V._drop_plan(path, np.arange(8), 40) is None
+@pytest.mark.parametrize("gop", [30, 7], ids=["groups of 30", "groups of 7"])
+def test_no_bframes_group_tails_dropped_with_identical_frames(tmp_path, monkeypatch, gop):
+  """I/P only (x264 ultrafast: every frame a reference): what follows the last sampled frame of a
+  closed group of pictures is dropped; with short groups, whole groups between samples too."""
+  path = str(tmp_path / "p.mp4")
+  _ffmpeg("-f", "lavfi", "-i", "testsrc2=duration=6:size=128x96:rate=20", "-c:v", "libx264", "-preset", "ultrafast",
+          "-g", str(gop), "-pix_fmt", "yuv420p", path)
+  order, nonref, _, sync = V._avc_frames(path)
+  assert not nonref.any() and sync.sum() == -(-120 // gop) and np.array_equal(order, np.arange(120))
+  spec = VideoSpec(fps=1.0)
+  unique = np.unique(V.sample_indices(120, V.smart_nframes(spec, 120, 20.0)))
+  drop, select, _ = V._drop_plan(path, unique, 120)
+  assert drop.min() > unique.min() and len(drop) > 20 and not np.isin(unique, drop).any()
+  if gop == 7:  # a group between two samples goes whole, IDR and all
+    assert any(set(range(k, k + 7)) <= set(drop.tolist()) for k in range(0, 120, 7))
+  fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch, spec)
+  assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0]
+  np.testing.assert_array_equal(fast.frames, plain.frames)
+  np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
+
+
+def test_open_gops_drop_only_non_reference_frames(tmp_path, monkeypatch):
+  """With open groups of pictures (a sync sample that is not an IDR picture, which frames after it
+  may predict across) no group tail is dropped; the non-reference pictures still are."""
+  path = make_bframe_video(tmp_path / "o.mp4", "-g", "12", "-x264-params", "open-gop=1", seconds=4)
+  order, nonref, _, sync = V._avc_frames(path)
+  assert sync is None and nonref.any()
   fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
-  assert len(fast_runs) == 1 and "-/bsf:v" not in fast_runs[0]
+  assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0]
   np.testing.assert_array_equal(fast.frames, plain.frames)
 
 
@@ -239,8 +263,8 @@ def test_misread_frame_table_falls_back(tmp_path, monkeypatch):
   """A table that disagrees with ffmpeg (here: the non-reference flags shifted by one frame) is
   caught by the timestamps, and the video is decoded again, every frame."""
   path = make_bframe_video(tmp_path / "b.mp4", seconds=4)
-  order, nonref, times = V._avc_frames(path)
-  monkeypatch.setattr(V, "_avc_frames", lambda p: (order, np.roll(nonref, 1), times))
+  order, nonref, times, sync = V._avc_frames(path)
+  monkeypatch.setattr(V, "_avc_frames", lambda p: (order, np.roll(nonref, 1), times, None))
   fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
   assert len(fast_runs) == 2 and "-/bsf:v" in fast_runs[0] and "-/bsf:v" not in fast_runs[1]
   np.testing.assert_array_equal(fast.frames, plain.frames)

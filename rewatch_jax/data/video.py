@@ -293,12 +293,28 @@ def _is_nonref(m, pos: int, end: int, nal_len: int) -> bool:
   return slices > 0 and pos == end
 
 
-def _avc_frames(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _is_idr(m, pos: int, end: int, nal_len: int) -> bool:
+  """True when every slice of an AVC sample is an IDR slice (type 5): no later frame predicts from
+  a frame before it, so it starts a closed group of pictures."""
+  slices = 0
+  while pos + nal_len < end:
+    kind = m[pos + nal_len] & 0x1F
+    if kind in _VCL:
+      if kind != 5:
+        return False
+      slices += 1
+    pos += nal_len + int.from_bytes(m[pos:pos + nal_len], "big")
+  return slices > 0 and pos == end
+
+
+def _avc_frames(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
   """For the H.264 (avc1/avc3) video track of an MP4, per frame in display order: its decode
   index, whether it is a non-reference picture (no other frame predicts from it, so when it is
   not sampled its packet can be dropped before the decoder), and its presentation time in seconds
-  from the first frame. None for any other codec or layout, or a table this parser does not
-  trust; the caller then decodes every frame."""
+  from the first frame; and per frame in decode order whether it starts a closed group of pictures
+  (a sync sample that is an IDR picture), or None where some sync sample is not an IDR (open GOPs:
+  frames after it may predict from frames before it). None for any other codec or layout, or a
+  table this parser does not trust; the caller then decodes every frame."""
   try:
     with open(path, "rb") as f:
       track = _video_track(f)
@@ -324,6 +340,11 @@ def _avc_frames(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
       stsc = _rows(f, box("stsc"), 3)
       stts = _rows(f, box("stts"), 2)
       ctts = _rows(f, box("ctts"), 2) if box("ctts") else np.array([[count, 0]])
+      stss = _rows(f, box("stss"), 1)[:, 0] if box("stss") else np.arange(1, count + 1)  # none: all sync
+      if not len(stss) or stss.min() < 1 or stss.max() > count:
+        return None
+      sync = np.zeros(count, bool)
+      sync[stss - 1] = True
       timescale = _timescale(f, mdia)
       # stsc: runs of chunks (numbered from 1) with the same number of samples
       first = stsc[:, 0] - 1
@@ -343,14 +364,17 @@ def _avc_frames(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
           return None
         spans = list(zip(offsets.tolist(), (offsets + sizes).tolist()))
         head = [_is_nonref(m, a, b, nal_len) for a, b in spans[:64]]
-        if not any(head):  # encoders that make non-reference pictures make them from the start
+        # encoders that make non-reference pictures make them from the start
+        nonref = np.array(head + [_is_nonref(m, a, b, nal_len) for a, b in spans[64:]] if any(head) else
+                          np.zeros(count, bool))
+        closed = sync[0] and all(_is_idr(m, *spans[i], nal_len) for i in np.flatnonzero(sync))
+        if not (nonref.any() or closed):
           return None
-        nonref = np.array(head + [_is_nonref(m, a, b, nal_len) for a, b in spans[64:]])
   except (OSError, struct.error, TypeError, IndexError, ValueError):
     return None
   order = np.argsort(cts, kind="stable")
   times = (cts[order] - cts[order[0]]) / timescale
-  return order, nonref[order], times
+  return order, nonref[order], times, (sync if closed else None)
 
 
 def probe(path: str, timeout: float = 60.0) -> Probe:
@@ -414,15 +438,24 @@ def _drop_plan(path: str, unique: np.ndarray, total: int):
   sampled frames' times from the first frame) or None when nothing can be dropped.
 
   A non-reference H.264 picture that is not sampled need not be decoded at all: no other frame
-  predicts from it. Dropping its packet before the decoder (x264's default B-frames are ~45% of
-  all frames) leaves every other frame bit-identical, and the sampled frames are then found by
-  their rank among the frames left."""
+  predicts from it. Nor, in a closed group of pictures (from an IDR picture to the next), need any
+  frame that comes after the group's last sampled frame in decode order: the tail of every group,
+  and every group without a sampled frame (long videos, sampled sparsely). Dropping those packets
+  before the decoder (x264's default B-frames are ~45% of all frames) leaves every other frame
+  bit-identical, and the sampled frames are then found by their rank among the frames left."""
   table = _avc_frames(path)
   if table is None or len(table[0]) != total:
     return None
-  order, nonref, times = table
+  order, nonref, times, sync = table
   keep = ~nonref
   keep[unique] = True
+  if sync is not None:  # in decode order: nothing after the last sampled frame of its group
+    group = np.cumsum(sync) - 1
+    sampled = np.zeros(total, bool)
+    sampled[order[unique]] = True
+    last = np.full(group[-1] + 1, -1)
+    np.maximum.at(last, group[sampled], np.flatnonzero(sampled))
+    keep &= (np.arange(total) <= last[group])[order]
   if keep.all():
     return None
   return np.sort(order[~keep]), (np.cumsum(keep) - 1)[unique], times[unique]
