@@ -5,7 +5,8 @@ Qwen2.5-VL and ReWatch-R1 use, re-implemented here. Decoding runs the ffmpeg shi
 `imageio-ffmpeg` as a subprocess (arguments as a list, never a shell): it selects the sampled
 frames and scales them inside ffmpeg, so Python only ever sees the small resized frames, and the
 frames' true presentation times come back from ffmpeg's `showinfo`. In H.264 MP4s, the packets of
-unsampled non-reference frames are dropped before the decoder (`_drop_plan`).
+unsampled non-reference frames, and of frames after the last sampled one of a closed group of
+pictures, are dropped before the decoder (`_drop_plan`).
 """
 
 from __future__ import annotations
