@@ -2,13 +2,14 @@ r"""Prepare datasets.
 
   python launch/prepare.py --toyworld 200 --out /tmp/toy
       the embedded procedural world: out/videos/*.mp4 and ReWatch JSONL records per split
-      (train_/test_ caption, qa, cot, cot_hallucinated, perception); re-running reuses existing videos.
+      (train_/test_ caption, qa, cot, cot_hallucinated, perception) and manifest.json; re-running
+      with the same arguments reuses the videos.
 
   python launch/prepare.py --records qa.jsonl --videos DIR --out DIR --config qa \
       [--captions caption.jsonl] [--processes 8] [--num_shards N --shard_index I]
       JSONL records + videos -> TFDS `rewatch` ArrayRecord files of decoded frames and tokens
-      (configs caption, qa, cot, perception, rl, qa_eval). Bad videos are skipped and listed in prepare_report.json
-      (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
+      (configs caption, qa, cot, perception, rl, qa_eval). Bad videos are skipped and listed in
+      prepare_report.json (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
 """
 
 import os
