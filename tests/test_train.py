@@ -203,6 +203,36 @@ def test_sigterm_saves_and_stops(prepared, tmp_path):
   assert "SIGTERM: saved step" in out and saved and 3 <= max(saved) < 100
 
 
+@pytest.mark.slow
+def test_sigterm_in_pretraining_stops_there_and_the_rerun_finishes_both_stages(prepared, tmp_path):
+  """Preempted during the pretraining stage: it saves and stops (the SFT does not start on a
+  half-pretrained model); the same command again resumes the stage and then runs the SFT."""
+  _, data_dir, tokenizer = prepared
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  run = str(tmp_path / "run")
+  cmd = [sys.executable, "launch/train.py", "--config", "configs/demo.py", "--workdir", run,
+         "--config.toyworld.videos=0", f"--config.data.dir={data_dir}", f"--config.tokenizer={tokenizer}",
+         "--config.eval.enabled=false", "--config.pretrain.steps=40", "--config.total_steps=3",
+         "--config.log_every_steps=1", "--config.checkpoint_every_steps=100"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  metrics = os.path.join(run, "pretrain", "metrics.jsonl")
+  while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  stopped = max(int(d) for d in os.listdir(os.path.join(run, "pretrain", "checkpoints")) if d.isdigit())
+  assert "SIGTERM: saved step" in out and 3 <= stopped < 40
+  assert not os.path.exists(os.path.join(run, "checkpoints")) and not os.path.exists(os.path.join(run, "metrics.jsonl"))
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  steps = [json.loads(line)["step"] for line in open(metrics)]
+  assert steps[-(40 - stopped):] == list(range(stopped + 1, 41))  # resumed after the saved step
+  assert sorted(_losses(run)) == [1, 2, 3] and os.path.exists(os.path.join(run, "checkpoints", "3"))
+
+
 @pytest.mark.parametrize("freeze, scale", [(True, 1.0), (False, 0.5)])
 def test_vision_learning_rate_scale_and_freezing(freeze, scale):
   c = small_config()
