@@ -75,6 +75,7 @@ def test_prepare_toyworld(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
   assert (tmp_path / "test_qa.jsonl").stat().st_size > 0 and "train_cot" in out.stdout
+  assert "train_perception" in out.stdout and (tmp_path / "manifest.json").exists()
 
 
 def test_prepare_records_into_array_record(tmp_path):
