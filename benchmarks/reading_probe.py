@@ -35,11 +35,10 @@ QUESTIONS = ("colour", "backdrop", "backdrop_change", "backdrop_start")
 def example(rng, question: str, frames: int, max_shapes: int, scale: float):
   """(uint8 frames [T, H, W, 3], question, answer)."""
   from rewatch_jax.data import toyworld
-  BACKDROPS = toyworld.BACKDROPS
-  names, colours = list(BACKDROPS), list(toyworld.COLOURS)
+  names, colours = list(toyworld.BACKDROPS), list(toyworld.COLOURS)
   backdrop = names[rng.integers(len(names))]
   img = np.empty((H, W, 3), np.uint8)
-  img[:] = BACKDROPS[backdrop]
+  img[:] = toyworld.BACKDROPS[backdrop]
   kinds = []
   for _ in range(int(rng.integers(1, max_shapes + 1))):
     while True:  # every shape its own kind and colour, so the question names one object
@@ -56,7 +55,7 @@ def example(rng, question: str, frames: int, max_shapes: int, scale: float):
     return np.stack([img] * frames), "What colour is the background?", backdrop
   turn = [n for n in names if n != backdrop][rng.integers(len(names) - 1)]
   later = img.copy()
-  later[np.all(img == BACKDROPS[backdrop], -1)] = BACKDROPS[turn]
+  later[np.all(img == toyworld.BACKDROPS[backdrop], -1)] = toyworld.BACKDROPS[turn]
   cut = 2 * int(rng.integers(1, frames // 2))  # the change falls between frame pairs
   video = np.stack([img] * cut + [later] * (frames - cut))
   if question == "backdrop_start" or rng.random() < 0.5:

@@ -53,9 +53,10 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
     tokens = np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, inputs), max_new_tokens, eos_id))
     for row, record_json in zip(tokens, batch["meta"]["record"]):
       rec = json.loads(record_json)
-      cut = row.tolist().index(eos_id) if eos_id in row.tolist() else len(row)
+      ids = row.tolist()
+      cut = ids.index(eos_id) if eos_id in ids else len(row)
       hit_limit = cut == len(row)
-      text = tokenizer.decode(row[:cut].tolist(), skip_special_tokens=False)
+      text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
       verdict = is_correct(text, rec["answer"], rec["form"], tuple(rec["options"]))
       n += 1
       truncated += hit_limit

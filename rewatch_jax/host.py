@@ -16,8 +16,8 @@ Same 2-core AVX-512 VM, 2026-11-29 (the demo: 700 SFT steps and three evaluation
 
 The one-arena setting kept freed blocks in one sbrk heap; on the 75M step that heap fragmented in
 2 of 4 runs (peak RSS 6.6 and 9.1 GB, the step up to 1.8x slower), and it slowed compilation. Huge
-pages keep glibc's default layout (4.1-4.2 GB in every run) and speed up both. Numerics are unaffected (the
-demo's table is identical).
+pages keep glibc's default layout (4.1-4.2 GB in every run) and speed up both. Numerics are
+unaffected (the demo's table is identical).
 
 glibc reads tunables only when a process starts, so `reexec_if_cpu()` restarts the entry point
 (`os.execve`, same pid and arguments) with GLIBC_TUNABLES extended, before anything else runs;

@@ -24,6 +24,7 @@ def test_demo_runs_end_to_end(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["pretrain"]["steps"] == 2 and results["sft"]["steps"] == 3
+  assert results["after_pretrain"]["n"] == results["after_sft"]["n"]  # the table's after-pretraining row
   assert 0 <= results["after_sft"]["accuracy"] <= 1 and 0 <= results["after_sft"]["perception"] <= 1
   assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] > 8  # the video ablation
   answers = [json.loads(line) for line in (tmp_path / "eval_after_sft.jsonl").read_text().splitlines()]
@@ -53,6 +54,21 @@ def test_bad_malloc_setting_is_named_without_a_traceback():
   out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.py", "--workdir", "/tmp/unused"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
   assert out.returncode != 0 and "REWATCH_CPU_MALLOC must be 0" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pretraining_stage_config_and_bad_values(tmp_path):
+  """The stage takes its steps, batch size (0: the SFT's) and task mix; the SFT config is untouched."""
+  from configs import demo
+  from rewatch_jax.train import driver
+  c = demo.get_config()
+  stage = driver._pretrain_config(c)
+  assert (stage.total_steps, stage.data.batch_size, stage.epochs) == (c.pretrain.steps, c.data.batch_size, 0.0)
+  assert dict(stage.data.weights) == dict(c.pretrain.weights) and c.data.weights.caption > 0
+  c.pretrain.batch_size = 16
+  assert driver._pretrain_config(c).data.batch_size == 16 and c.data.batch_size == 8
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
+               "--config.pretrain.steps=-5")
+  assert out.returncode != 0 and "pretrain.steps" in out.stderr and not (tmp_path / "pretrain").exists()
 
 
 def test_bad_ablation_fails_before_training(tmp_path):

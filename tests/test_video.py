@@ -278,7 +278,7 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
   data = open(path, "rb").read()
   with open(path, "rb") as f:
     _, _, stbl = V._video_track(f)
-    box = {k: V._child(f, *stbl, k) for k in ("stsd", "stsz", "stco", "stsc", "ctts")}
+    box = {k: V._child(f, *stbl, k) for k in ("stsd", "stsz", "stco", "stsc", "ctts", "stss")}
     avcc = V._child(f, box["stsd"][0] + 16 + 78, box["stsd"][1], "avcC")
   first_sample = int.from_bytes(data[box["stco"][0] + 8:box["stco"][0] + 12], "big")
   edits = {  # name: (offset, new bytes, the table is rejected)
@@ -287,6 +287,7 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
       "stco past the end": (box["stco"][0] + 8, (len(data) - 10).to_bytes(4, "big"), True),
       "stsc from chunk 0": (box["stsc"][0] + 8, (0).to_bytes(4, "big"), True),
       "ctts count huge": (box["ctts"][0] + 4, b"\x7f\xff\xff\xff", True),
+      "stss sample 0": (box["stss"][0] + 8, (0).to_bytes(4, "big"), True),  # sync samples number from 1
       "avcC 3-byte lengths": (avcc[0] + 4, b"\xfe", True),
       "NAL length garbage": (first_sample, b"\xff\xff\xff\xff", False),  # that sample: a reference
   }

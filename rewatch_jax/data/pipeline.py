@@ -135,9 +135,8 @@ class PipelineConfig:
   batch_by_task: bool = True
 
 
-def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool, mapped: bool = False):
-  """Batch (and prefetch) examples, first mapped with ToExample unless `mapped` already."""
-  ds = ds if mapped else ds.map(ToExample(cfg))
+def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool):
+  """Batch (and prefetch) examples already mapped with ToExample."""
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2 * pc.batch_size))
   it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id))
   if pc.workers > 0:
@@ -158,7 +157,7 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
            for i, t in enumerate(tasks)]
   weights = [pc.weights[t] for t in tasks]
   if not pc.batch_by_task:
-    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True, mapped=True)
+    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True)
   # Each process takes every process_count-th example of each task's stream, so global batch k of
   # a task holds the same examples for any process count; the batch-level mix is deterministic.
   collate = Collate(cfg, pc.buckets, pc.pad_id)
@@ -174,7 +173,7 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
   ds = source(pc.data_dir, "rl").shuffle(pc.seed).repeat()
-  return _finish(_host_slice(ds), pc, cfg, drop_remainder=True)
+  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=True)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
@@ -184,7 +183,7 @@ def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
   ds = source(pc.data_dir, config)
   if shuffle_seed is not None:
     ds = ds.shuffle(shuffle_seed)
-  return _finish(_host_slice(ds), pc, cfg, drop_remainder=False)
+  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=False)
 
 
 def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:

@@ -83,6 +83,9 @@ def run(config, workdir: str) -> dict:
   from rewatch_jax.train import sft
   if config.eval.ablation not in ABLATIONS:  # fail before training, not after
     raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
+  if config.pretrain.steps < 0 or config.pretrain.batch_size < 0:
+    raise ValueError(f"pretrain.steps and pretrain.batch_size must be >= 0, got {config.pretrain.steps} and "
+                     f"{config.pretrain.batch_size}")
   perception = prepare_toyworld(config, workdir) if config.toyworld.videos else set()
   _check_tokenizer(config)
   if config.epochs:
