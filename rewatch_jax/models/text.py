@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx, struct
 
 from rewatch_jax.models.configs import ModelConfig
-from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, attention, causal_attention, param, remat, rotate
+from rewatch_jax.models.layers import (Linear, RMSNorm, SwiGLU, attention, causal_attention, dense, param, remat,
+                                       rotate)
 from rewatch_jax.models.sharding import constrain
 
 
@@ -134,4 +135,4 @@ class TextModel(nnx.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """fp32 logits; the matmul runs in the compute dtype with fp32 accumulation."""
     w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    return jnp.dot(hidden.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
+    return dense(hidden.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
