@@ -40,6 +40,10 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict(dict(
       steps=0, batch_size=0,
       weights=ml_collections.ConfigDict({"caption": 0.0, "qa": 0.0, "cot": 0.0, "perception": 1.0})))
+  # A jax.profiler trace of `steps` train steps (0: none), from the `start`-th step after the run
+  # (re)starts, past compilation; process 0 writes it to <workdir>/profile for TensorBoard's profile
+  # plugin or Perfetto (docs/training.md).
+  c.profile = ml_collections.ConfigDict(dict(start=10, steps=0))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-6, warmup_steps=100, schedule="cosine", final_lr_fraction=0.0,
       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,

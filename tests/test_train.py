@@ -1,6 +1,7 @@
 """The SFT trainer: exact accumulation, sharding, non-finite guard, compile count, metrics,
 checkpoints across device counts, and bit-exact resume after kill -9 of the real command."""
 
+import gzip
 import json
 import os
 import signal
@@ -130,7 +131,13 @@ def test_train_writes_metrics_and_restores_on_another_device_count(prepared, tmp
   c = small_config()
   c.data.dir, c.tokenizer = data_dir, tokenizer
   c.mesh.data, c.mesh.fsdp = 2, 4
+  c.profile.start, c.profile.steps = 2, 2
   model, result = sft.train(c, str(tmp_path))
+  traces = list((tmp_path / "profile").rglob("*.trace.json.gz"))
+  assert len(traces) == 1 and list((tmp_path / "profile").rglob("*.xplane.pb"))
+  events = json.loads(gzip.open(traces[0]).read())
+  names = {e.get("name") for e in (events["traceEvents"] if isinstance(events, dict) else events)}
+  assert "PjitFunction(step)" in names  # the jitted train step ran inside the trace
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == list(range(1, 7))
   for key in ("loss", "loss_caption", "learning_rate", "grad_norm", "tokens_per_sec"):

@@ -86,6 +86,9 @@ def run(config, workdir: str) -> dict:
   if config.pretrain.steps < 0 or config.pretrain.batch_size < 0:
     raise ValueError(f"pretrain.steps and pretrain.batch_size must be >= 0, got {config.pretrain.steps} and "
                      f"{config.pretrain.batch_size}")
+  if config.profile.start < 0 or config.profile.steps < 0:
+    raise ValueError(f"profile.start and profile.steps must be >= 0, got {config.profile.start} and "
+                     f"{config.profile.steps}")
   perception = prepare_toyworld(config, workdir) if config.toyworld.videos else set()
   _check_tokenizer(config)
   if config.epochs:

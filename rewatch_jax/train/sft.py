@@ -210,14 +210,17 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
   losses, pending, t_log = [], [], time.perf_counter()
   progress = _progress(start, config.total_steps, name)
+  profiler = StepProfiler(f"{workdir}/profile", start + config.profile.start, config.profile.steps)
   try:
     step = start
     while step < config.total_steps:
       host = next(data)
       batch, meta = pipeline.to_global(host, mesh)
+      profiler.before(step)
       with axis_rules(mesh):
         state, m = step_fn(state, batch)
       step += 1
+      profiler.after(step, state)
       pending.append((step, m, meta["id"], _model_flops(model.config, batch)))
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or stop["flag"]:
@@ -229,12 +232,39 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
         print(f"SIGTERM: saved step {step}, stopping")
         break
   finally:
+    profiler.close()
     signal.signal(signal.SIGTERM, previous)
     manager.wait()
     writer.close()
     progress.close()
   model = nnx.merge(graphdef, state["params"], rest)
   return model, Result(step=int(state["step"]), losses=losses, final_loss=losses[-1] if losses else float("nan"))
+
+
+class StepProfiler:
+  """A jax.profiler trace of the train steps numbered [first, first + steps) (0-based), on process 0
+  only; the last one is waited for before the trace stops, so it holds whole steps."""
+
+  def __init__(self, directory: str, first: int, steps: int):
+    self.directory, self.first, self.end = directory, first, first + steps
+    self.enabled = steps > 0 and jax.process_index() == 0
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.enabled and step == self.first:
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step == self.end:
+      jax.block_until_ready(state)
+      self.close()
+      print(f"profile of steps {self.first}-{self.end - 1} written to {self.directory}")
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 def _progress(start, total, name):
