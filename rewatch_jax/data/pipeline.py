@@ -58,7 +58,7 @@ class ToExample(grain.transforms.Map):
     self.cfg, self.task = cfg, task
 
   def map(self, ex: dict[str, Any]) -> dict[str, Any]:
-    pixels, grid = frames_to_patches(ex["frames"], self.cfg.vision)
+    pixels, grid = frames_to_patches(ex["frames"], self.cfg.vision, normalize=False)  # uint8 to the device
     out = dict(input_ids=ex["input_ids"], loss_mask=ex["loss_mask"], pixel_values=pixels,
                video_grid_thw=np.asarray(grid, np.int64), second_per_grid=np.float32(ex["second_per_grid"]),
                task=np.int32(self.task), id=_text(ex["id"]))

@@ -10,33 +10,31 @@ from __future__ import annotations
 import numpy as np
 
 from rewatch_jax.models.configs import VisionConfig
+from rewatch_jax.models.inputs import normalize_rows
 
-# OpenAI CLIP statistics, used by the Qwen2-VL / Qwen2.5-VL image and video processors.
-IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+def frames_to_patches(frames: np.ndarray, cfg: VisionConfig,
+                      normalize: bool = True) -> tuple[np.ndarray, tuple[int, int, int]]:
+  """uint8 frames (T, H, W, 3) -> (pixel rows (N, patch_dim), grid (t, h, w) in patches).
 
-
-def frames_to_patches(frames: np.ndarray, cfg: VisionConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-  """uint8 frames (T, H, W, 3) -> (pixel rows (N, patch_dim) float32, grid (t, h, w) in patches).
-
-  An image is a 1-frame video. T is padded to a multiple of the temporal patch by repeating the
-  last frame, as HF does.
+  Rows are HF's normalised float32, or with `normalize=False` the raw uint8 values in the same
+  layout (a quarter of the bytes to move: the Grain pipeline keeps them so, the model normalises
+  them on the device). An image is a 1-frame video. T is padded to a multiple of the temporal patch
+  by repeating the last frame, as HF does.
   """
   frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3:
-    raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
   p, m, tp = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
   t, h, w, _ = frames.shape
   if h % (p * m) or w % (p * m):
     raise ValueError(f"frame size {h}x{w} must be a multiple of {p * m} (resize first)")
   if t % tp:
     frames = np.concatenate([frames, np.repeat(frames[-1:], tp - t % tp, axis=0)])
-  x = (frames.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-  x = x.transpose(0, 3, 1, 2)  # T, C, H, W
+  x = frames.transpose(0, 3, 1, 2)  # T, C, H, W
   gt, gh, gw = x.shape[0] // tp, h // p, w // p
   x = x.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p)
-  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-  return x.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
+  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, 3 * tp * p * p)
+  return (normalize_rows(x) if normalize else x), (gt, gh, gw)
 
 
 def video_tokens(grid: tuple[int, int, int], cfg: VisionConfig) -> int:

@@ -19,7 +19,8 @@ class ModelInputs:
   input_ids: np.ndarray  # (B, L) int32
   attention_mask: np.ndarray  # (B, L) int32, 1 = real token
   positions: np.ndarray  # (3, B, L) int32 M-RoPE ids
-  pixel_values: np.ndarray  # (B, P, patch_dim) window-ordered patch rows; P = 0 for text only
+  pixel_values: np.ndarray  # (B, P, patch_dim) window-ordered patch rows, float32 normalised or raw
+  # uint8 (normalised by the model); P = 0 for text only
   vision_rotary_ids: np.ndarray  # (B, P, 2)
   window_segment: np.ndarray  # (B, P) int32, -1 on padding
   frame_segment: np.ndarray  # (B, P) int32, -1 on padding
@@ -28,13 +29,27 @@ class ModelInputs:
   frame_block: int = struct.field(pytree_node=False, default=0)
 
 
+# OpenAI CLIP statistics, used by the Qwen2-VL / Qwen2.5-VL image and video processors.
+IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def normalize_rows(rows):
+  """uint8 pixel rows (..., patch_dim; channel-major, as processor.frames_to_patches lays them out)
+  -> HF's normalised float32 rows. numpy or jax arrays: the vision tower applies it on the device to
+  the raw rows the data pipeline sends."""
+  per_channel = rows.shape[-1] // 3
+  mean, std = np.repeat(IMAGE_MEAN, per_channel), np.repeat(IMAGE_STD, per_channel)
+  return (rows.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
 def _as_np(x, dtype=None):
   if x is None:
     return None
   if hasattr(x, "detach"):  # torch tensor
     x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
   x = np.asarray(x)
-  return x.astype(dtype) if dtype is not None else x
+  return x.astype(dtype, copy=False) if dtype is not None else x
 
 
 def _grids(grid, name) -> np.ndarray:
@@ -77,11 +92,19 @@ def from_hf_inputs(
   if ids.min(initial=0) < 0 or ids.max(initial=0) >= cfg.text.vocab_size:
     raise ValueError(f"input_ids outside [0, vocab_size={cfg.text.vocab_size})")
 
+  # Pixel rows are HF's normalised floats, or raw uint8 (processor.frames_to_patches(normalize=False);
+  # the model normalises those on the device), one kind for the whole batch.
+  given = [_as_np(x, None) for x in (pixel_values, pixel_values_videos) if x is not None]
+  raw = bool(given) and given[0].dtype == np.uint8
+  if any((x.dtype == np.uint8) != raw for x in given):
+    raise ValueError(f"pixel_values and pixel_values_videos must both be raw uint8 or both normalised floats, "
+                     f"got {[str(x.dtype) for x in given]}")
+  dtype = np.uint8 if raw else np.float32
   streams = {}
   for kind, pixels, grid in (("image", pixel_values, image_grid_thw),
                              ("video", pixel_values_videos, video_grid_thw)):
     grid = _grids(grid, f"{kind}_grid_thw")
-    pixels = np.zeros((0, v.patch_dim), np.float32) if pixels is None else _as_np(pixels, np.float32)
+    pixels = np.zeros((0, v.patch_dim), dtype) if pixels is None else _as_np(pixels, dtype)
     if pixels.ndim != 2 or pixels.shape[1] != v.patch_dim:
       raise ValueError(f"{kind} pixel rows must be (N, {v.patch_dim}) = (N, channels*temporal_patch*"
                        f"patch^2), got {pixels.shape}")
@@ -143,7 +166,7 @@ def from_hf_inputs(
       raise ValueError(f"pad_patches_to={pad_patches_to} must be a multiple of frame_block={frame_block}")
     num = pad_patches_to
   bsz = ids.shape[0]
-  pixels = np.zeros((bsz, num, v.patch_dim), np.float32)
+  pixels = np.zeros((bsz, num, v.patch_dim), dtype)
   rot = np.zeros((bsz, num, 2), np.int32)
   wseg = np.full((bsz, num), -1, np.int32)
   fseg = np.full((bsz, num), -1, np.int32)

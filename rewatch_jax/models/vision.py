@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewatch_jax.models.configs import ModelConfig
+from rewatch_jax.models.inputs import normalize_rows
 from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, remat, rotate, block_attention
 from rewatch_jax.models.sharding import constrain
 
@@ -90,6 +91,8 @@ class VisionTransformer(nnx.Module):
 
     `frame_block` (static) is the slot count of one temporal patch (ModelInputs.frame_block);
     full-attention blocks attend within it, window blocks within `window_block` slots."""
+    if pixel_values.dtype == jnp.uint8:  # raw rows from the data pipeline: normalised here
+      pixel_values = normalize_rows(pixel_values)
     x = self.patch_embed(pixel_values)
     cos, sin = vision_rotary(rotary_ids, self.head_dim, self.theta)
     block_call = remat(lambda blk, *a: blk(*a), self.remat, static_argnums=(5,))
