@@ -46,7 +46,8 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
   for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
     inputs = batch["inputs"]
     if ablation == "blank":
-      inputs = inputs.replace(pixel_values=np.zeros_like(inputs.pixel_values))
+      # normalised zeros (float rows; the pipeline's rows are raw uint8, where 0 would be black)
+      inputs = inputs.replace(pixel_values=np.zeros(inputs.pixel_values.shape, np.float32))
     elif ablation == "swap":
       inputs, moved = swap_videos(inputs, [json.loads(r)["video"] for r in batch["meta"]["record"]])
       swapped += moved
