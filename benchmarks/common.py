@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import os
 import resource
@@ -73,3 +76,24 @@ def comparison_args(doc: str, run_jax, run_torch, **extra: int) -> argparse.Name
     report(*(run_jax if args.impl == "jax" else run_torch)(args.hf_dir, args))
     return None
   return args
+
+
+def top_trace_ops(trace_dir: str, top: int = 25) -> list[str]:
+  """The device ops that took longest in the newest jax.profiler perfetto trace under `trace_dir`
+  (summed over the traced steps, numbered clones of a fusion together; Python and runtime events
+  left out), one line each: where an accelerator's step time goes, read on this machine."""
+  traces = sorted(glob.glob(f"{trace_dir}/**/*perfetto_trace.json.gz", recursive=True), key=os.path.getmtime)
+  if not traces:
+    return [f"no perfetto trace under {trace_dir}"]
+  trace = json.load(gzip.open(traces[-1]))
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  seconds, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or "::" in name or name.startswith(("$", "end: ", "Thunk", "PjitFunction", "ParseArguments")):
+      continue
+    key = name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name
+    seconds[key] += e["dur"] / 1e6
+    count[key] += 1
+  total = sum(seconds.values())
+  return [f"{s:8.3f} s {s / total:6.1%} x{count[k]:<5d} {k[:90]}" for k, s in seconds.most_common(top)]

@@ -16,4 +16,6 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import jax,flax,optax,transformers,torch;print('jax',jax.__version__,'flax',flax.__version__,'optax',optax.__version__,'transformers',transformers.__version__,'torch',torch.__version__,jax.devices())"
 # a small run first: fails fast (in ~1 min) if the image's packages disagree with our code
 timeout 150 python3 benchmarks/train_step_gpu.py --small --impls jax --steps 2 --frames 4 --size 224 --length 512 --trained 64 || exit 1
-BENCH_LOG_DIR=${OUT:-/tmp} python3 benchmarks/train_step_gpu.py --budget_s "${BUDGET:-240}" "$@" 2>&1 | tee "${OUT:-/tmp}/train_step_gpu.txt"
+# --profile_dir: two more traced steps of ours, their longest device ops printed (where MFU is lost)
+BENCH_LOG_DIR=${OUT:-/tmp} python3 benchmarks/train_step_gpu.py --budget_s "${BUDGET:-240}" \
+  --profile_dir "${OUT:-/tmp}/profile" "$@" 2>&1 | tee "${OUT:-/tmp}/train_step_gpu.txt"

@@ -48,9 +48,10 @@ def run_jax(hf_dir, args):
   return first, times, int(raw["input_ids"].size)
 
 
-def time_train_step(model, batch, steps: int):
+def time_train_step(model, batch, steps: int, profile_dir: str = ""):
   """The trainer's jitted SFT step (its optimizer, constant rate, one device) on `batch`: seconds
-  of the first call, of each of `steps` more, and the jitted step (for its compile count)."""
+  of the first call, of each of `steps` more, and the jitted step (for its compile count). With
+  `profile_dir`, two more steps are traced there with jax.profiler (perfetto json included)."""
   import jax
   from flax import nnx
   from rewatch_jax.train import sft
@@ -66,6 +67,10 @@ def time_train_step(model, batch, steps: int):
     jax.block_until_ready(m)
 
   first, times = time_steps(one, steps)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      one()
+      one()
   return first, times, step
 
 

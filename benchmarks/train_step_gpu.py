@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import time_steps  # noqa: E402
+from common import time_steps, top_trace_ops  # noqa: E402
 from model_forward import bench_config as small_config, make_inputs  # noqa: E402
 
 
@@ -72,7 +72,8 @@ def run_jax(args, attention: str) -> dict:
   batch = jax.tree.map(jnp.asarray, batch)
   model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  first, times, step = time_train_step(model, batch, args.steps)
+  first, times, step = time_train_step(model, batch, args.steps,
+                                       profile_dir=args.profile_dir and os.path.join(args.profile_dir, attention))
   stats = jax.devices()[0].memory_stats() or {}
   return dict(first=first, times=times, tokens=int(inputs.input_ids.size), compiles=step._cache_size(),
               peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20, device=jax.devices()[0].device_kind,
@@ -149,6 +150,8 @@ def main():
   p.add_argument("--small", action="store_true")
   p.add_argument("--no_check", action="store_true", help="skip the cuDNN-vs-XLA agreement check")
   p.add_argument("--budget_s", type=float, default=1e9, help="start no further impl after this many seconds")
+  p.add_argument("--profile_dir", default="", help="trace two more steps of ours there (jax.profiler) "
+                 "and print the device ops that took longest")
   p.add_argument("--impl", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.impl:
@@ -163,7 +166,7 @@ def main():
   flops = train_flops(cfg, args.length, inputs.pixel_values.shape[1], args.trained, inputs.frame_block)
   names = {"jax": "rewatch-jax (cuDNN attn)", "jax_xla": "rewatch-jax (XLA attn)", "torch": "HF + torch AdamW"}
   flags = [f"--{k}={getattr(args, k)}" for k in ("steps", "frames", "size", "length", "trained", "remat")]
-  flags += ["--no_check"] * args.no_check
+  flags += ["--no_check"] * args.no_check + [f"--profile_dir={args.profile_dir}"] * bool(args.profile_dir)
   rows = {}
   print(f"{'impl':<26}{'tokens/s':>10}{'step s':>9}{'first s':>9}{'peak GB':>9}{'MFU':>7}", flush=True)
   start = time.time()
@@ -190,6 +193,9 @@ def main():
     print(f"{names[impl]:<26}{r['tps']:>10.0f}{step:>9.3f}{r['first']:>9.1f}{r['peak_mb'] / 1024:>9.1f}"
           f"{r['mfu']:>7.1%}", flush=True)
     print(f"  step times {[round(t, 3) for t in r['times']]}; train-step compilations: {r.get('compiles', '-')}")
+    if args.profile_dir and impl != "torch":
+      print("\n".join(["  device ops over two traced steps:"] + [
+          "    " + line for line in top_trace_ops(os.path.join(args.profile_dir, "xla" if impl == "jax_xla" else "cudnn"))]))
   if "jax" in rows and "torch" in rows:
     print(f"speed-up (tokens/s ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
   if rows:

@@ -35,6 +35,20 @@ def test_profile_script_maps_xla_ops_to_source_ops():
 
 
 @pytest.mark.slow
+def test_gpu_benchmark_runs_on_cpu_and_prints_the_profiled_ops(tmp_path):
+  """benchmarks/gpu_session.sh's script, small and on the CPU: a lent GPU's minutes go to numbers."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "train_step_gpu.py"), "--small", "--impls", "jax_xla",
+                        "--steps", "1", "--frames", "4", "--size", "224", "--length", "512", "--trained", "64",
+                        "--profile_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "train-step compilations: 1" in out.stdout
+  ops = out.stdout.split("device ops over two traced steps:")[1]
+  assert "fusion" in ops and "PjitFunction" not in ops
+
+
+@pytest.mark.slow
 def test_reading_probe_trains_and_scores():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
