@@ -131,13 +131,19 @@ def test_batches_go_onto_the_mesh_and_through_the_model(data):
   assert hidden.shape == (8, 640, 64) and bool(jnp.isfinite(hidden).all())
 
 
-def test_evaluate_scores_prompts_and_runs_the_video_ablations(data):
+def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch):
+  from rewatch_jax import evaluate as E
   from rewatch_jax.data import chat
   from rewatch_jax.evaluate import evaluate
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
+  fed = []  # the pixel rows each generation saw
+  generate = E.greedy_generate
+  monkeypatch.setattr(E, "greedy_generate", lambda m, x, *a: fed.append(np.asarray(x.pixel_values)) or generate(m, x, *a))
   run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[0], batch_size=6,
                                   max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, ablation=ablation)
   seen, blind, swap = run(""), run("blank"), run("swap")
+  assert fed[0].dtype == np.uint8 and fed[0].any()  # the pipeline's raw rows, normalised by the model
+  assert fed[1].dtype == np.float32 and not fed[1].any()  # blank: normalised zeros (mid-grey), not black
   assert seen["n"] == blind["n"] == swap["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
   assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
   assert swap["swapped"] == 1.0 and "swapped" not in seen  # one batch of 3 + 3 questions

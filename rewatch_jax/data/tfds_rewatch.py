@@ -3,8 +3,8 @@
 Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), perception
 (direct-answer prompt, a QA subset trained as its own task), rl (thinking prompt without the answer,
 plus ground truth and the video's caption for the O&R reward), and qa_eval (direct-answer prompt
-without the answer, plus ground truth). Frames are decoded once with the VideoSpec, stored resized (ZLIB-compressed uint8), and the spec's hash
-is written into the dataset metadata. No TensorFlow is needed to build or read.
+without the answer, plus ground truth). Frames are decoded once with the VideoSpec, stored resized
+(ZLIB-compressed uint8), and the spec's hash is written into the dataset metadata. No TensorFlow is needed to build or read.
 
 Bad videos or records are skipped and listed in `prepare_report.json` (or stop the build with
 `on_error="raise"`). Many hosts can prepare disjoint shards of one dataset (`num_shards`,

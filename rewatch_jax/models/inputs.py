@@ -94,7 +94,8 @@ def from_hf_inputs(
 
   # Pixel rows are HF's normalised floats, or raw uint8 (processor.frames_to_patches(normalize=False);
   # the model normalises those on the device), one kind for the whole batch.
-  given = [_as_np(x, None) for x in (pixel_values, pixel_values_videos) if x is not None]
+  pixel_values, pixel_values_videos = _as_np(pixel_values), _as_np(pixel_values_videos)
+  given = [x for x in (pixel_values, pixel_values_videos) if x is not None]
   raw = bool(given) and given[0].dtype == np.uint8
   if any((x.dtype == np.uint8) != raw for x in given):
     raise ValueError(f"pixel_values and pixel_values_videos must both be raw uint8 or both normalised floats, "
