@@ -1,6 +1,8 @@
 """The benchmark scripts still run (tiny sizes): they share the trainer's code and configs, and
 drift there broke one once without any test noticing."""
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +59,26 @@ def test_reading_probe_trains_and_scores():
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "exact match on 64 held-out examples: own frames" in out.stdout
+
+
+def test_gpu_trace_summary_reads_device_tracks(tmp_path):
+  """top_trace_ops on a GPU-shaped perfetto trace (what jax.profiler writes there): track totals,
+  how busy the busiest stream was (gaps: launch or host overhead), the ops of that stream with
+  numbered clones together; save_device_trace keeps the device's events only."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  from common import save_device_trace, top_trace_ops
+  meta = lambda kind, pid, name, tid=0: dict(ph="M", name=kind, pid=pid, tid=tid, args=dict(name=name))
+  op = lambda name, ts, dur, pid=1: dict(ph="X", name=name, pid=pid, tid=14, ts=ts, dur=dur)
+  events = [meta("process_name", 1, "/device:GPU:0"), meta("thread_name", 1, "Stream #14(Compute)", 14),
+            meta("process_name", 7, "/host:CPU"), op("nvjet_gemm", 0, 600_000), op("loop_add_fusion.3", 600_000, 100_000),
+            op("loop_add_fusion.4", 800_000, 200_000), op("PjitFunction(step)", 0, 2_000_000, pid=7)]
+  os.makedirs(tmp_path / "run")
+  with gzip.open(tmp_path / "run" / "host.perfetto_trace.json.gz", "wt") as f:
+    json.dump(dict(traceEvents=events), f)
+  lines = top_trace_ops(str(tmp_path))
+  assert lines[0] == "track /device:GPU:0 / Stream #14(Compute): 0.900 s in 3 events"
+  assert "busy 0.900 s of 1.000 s (90.0%)" in lines[1]
+  assert lines[3].split() == ["0.600", "s", "66.7%", "x1", "nvjet_gemm"]
+  assert lines[4].split() == ["0.300", "s", "33.3%", "x2", "loop_add_fusion"]
+  assert not any("Pjit" in line for line in lines)
+  assert save_device_trace(str(tmp_path), str(tmp_path / "dev.json.gz")) == 5
