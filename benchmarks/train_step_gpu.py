@@ -3,13 +3,14 @@ language model) against Hugging Face transformers + torch AdamW (SDPA attention)
 inputs, each in its own process. Prints tokens/s, step time, compile time, peak device memory and
 MFU (model FLOPs from `rewatch_jax.train.metrics.train_flops` over the device's dense bf16 peak).
 
-  python benchmarks/train_step_gpu.py [--steps 5] [--frames 32] [--size 448] [--impls jax,torch,jax_xla]
+  python benchmarks/train_step_gpu.py [--steps 5] [--frames 32] [--size 448] [--impls jax,torch,jax_unpadded,jax_xla]
 
 Model: Qwen2.5-1.5B's language model (28 x 1536, GQA 12/2, vocab 151,936, tied embeddings) under
 the released Qwen2.5-VL vision tower (32 x 1280, 112 px windows, 4 full-attention blocks): 2.2B
 parameters, bf16 weights and AdamW moments (the recipe's `param_dtype`). One example per step: a
 32-frame 448x448 video (16,384 patches -> 4,096 visual tokens) in an 8,192-token sequence, the
-last 2,048 tokens trained. `jax_xla` is ours with the einsum attention, to show the kernel's share.
+last 2,048 tokens trained. `jax_xla` is ours with the einsum attention, to show the kernel's share;
+`jax_unpadded` ours with `pad_mlp_to=1` (the vision MLP's 3420 units unpadded), to show that one's.
 Before timing, the jax child checks that cuDNN and XLA attention agree on a small model.
 `--small` runs the same code at a CPU-sized config (to try the script without a GPU).
 """
@@ -29,13 +30,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import time_steps, top_trace_ops  # noqa: E402
+from common import save_device_trace, time_steps, top_trace_ops  # noqa: E402
 from model_forward import bench_config as small_config, make_inputs  # noqa: E402
 
 
 def model_config(args, attention: str):
   from rewatch_jax.models import ModelConfig, TextConfig, VisionConfig
-  runtime = dict(param_dtype="bfloat16", dtype="bfloat16", remat=args.remat, attention=attention)
+  runtime = dict(param_dtype="bfloat16", dtype="bfloat16", remat=args.remat, attention=attention,
+                 pad_mlp_to=args.pad_mlp_to)
   if args.small:
     return small_config().replace(**runtime).validate()
   return ModelConfig(
@@ -54,13 +56,16 @@ def example(cfg, args):
   return raw, pos
 
 
-def run_jax(args, attention: str) -> dict:
+def run_jax(args, impl: str) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
   from train_step import time_train_step
   jax.config.update("jax_explain_cache_misses", True)  # a retrace would show in the table's stderr
+  attention = "xla" if impl == "jax_xla" else "cudnn"
+  if impl == "jax_unpadded":
+    args.pad_mlp_to = 1
   if attention == "cudnn" and not args.no_check:
     check_cudnn(args)
   cfg = model_config(args, attention)
@@ -73,7 +78,7 @@ def run_jax(args, attention: str) -> dict:
   model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   first, times, step = time_train_step(model, batch, args.steps,
-                                       profile_dir=args.profile_dir and os.path.join(args.profile_dir, attention))
+                                       profile_dir=args.profile_dir and os.path.join(args.profile_dir, impl))
   stats = jax.devices()[0].memory_stats() or {}
   return dict(first=first, times=times, tokens=int(inputs.input_ids.size), compiles=step._cache_size(),
               peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20, device=jax.devices()[0].device_kind,
@@ -146,16 +151,18 @@ def main():
   p.add_argument("--length", type=int, default=8192)
   p.add_argument("--trained", type=int, default=2048)
   p.add_argument("--remat", default="none")
-  p.add_argument("--impls", default="jax,torch,jax_xla")
+  p.add_argument("--pad_mlp_to", type=int, default=128, help="ModelConfig.pad_mlp_to of ours (1: off)")
+  p.add_argument("--impls", default="jax,torch")
   p.add_argument("--small", action="store_true")
   p.add_argument("--no_check", action="store_true", help="skip the cuDNN-vs-XLA agreement check")
   p.add_argument("--budget_s", type=float, default=1e9, help="start no further impl after this many seconds")
   p.add_argument("--profile_dir", default="", help="trace two more steps of ours there (jax.profiler) "
                  "and print the device ops that took longest")
+  p.add_argument("--dump_hlo", default="", help="XLA dumps the train step's optimised HLO there (ours)")
   p.add_argument("--impl", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.impl:
-    row = run_torch(args) if args.impl == "torch" else run_jax(args, "xla" if args.impl == "jax_xla" else "cudnn")
+    row = run_torch(args) if args.impl == "torch" else run_jax(args, args.impl)
     print(json.dumps(row))
     return
 
@@ -164,8 +171,9 @@ def main():
   cfg = model_config(args, "xla")
   inputs = from_hf_inputs(cfg, **example(cfg, args)[0])
   flops = train_flops(cfg, args.length, inputs.pixel_values.shape[1], args.trained, inputs.frame_block)
-  names = {"jax": "rewatch-jax (cuDNN attn)", "jax_xla": "rewatch-jax (XLA attn)", "torch": "HF + torch AdamW"}
-  flags = [f"--{k}={getattr(args, k)}" for k in ("steps", "frames", "size", "length", "trained", "remat")]
+  names = {"jax": "rewatch-jax (cuDNN attn)", "jax_xla": "rewatch-jax (XLA attn)", "torch": "HF + torch AdamW",
+           "jax_unpadded": "rewatch-jax (MLP unpadded)"}
+  flags = [f"--{k}={getattr(args, k)}" for k in ("steps", "frames", "size", "length", "trained", "remat", "pad_mlp_to")]
   flags += ["--no_check"] * args.no_check + [f"--profile_dir={args.profile_dir}"] * bool(args.profile_dir)
   rows = {}
   print(f"{'impl':<26}{'tokens/s':>10}{'step s':>9}{'first s':>9}{'peak GB':>9}{'MFU':>7}", flush=True)
@@ -175,8 +183,12 @@ def main():
     if t0 - start > args.budget_s:
       print(f"{names[impl]:<26} skipped (--budget_s)", flush=True)
       continue
+    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.92")
+    if args.dump_hlo and impl != "torch":
+      env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} --xla_dump_to={os.path.join(args.dump_hlo, impl)}"
+                          " --xla_dump_hlo_module_re=^jit_step$ --xla_dump_hlo_as_text").strip()
     out = subprocess.run([sys.executable, __file__, f"--impl={impl}", *flags, *(["--small"] if args.small else [])],
-                         capture_output=True, text=True, env=dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.92"))
+                         capture_output=True, text=True, env=env)
     if os.environ.get("BENCH_LOG_DIR"):  # the children's full stderr, for the curious
       with open(os.path.join(os.environ["BENCH_LOG_DIR"], f"{impl}_{args.remat}.stderr"), "w") as f:
         f.write(out.stderr)
@@ -194,8 +206,9 @@ def main():
           f"{r['mfu']:>7.1%}", flush=True)
     print(f"  step times {[round(t, 3) for t in r['times']]}; train-step compilations: {r.get('compiles', '-')}")
     if args.profile_dir and impl != "torch":
-      print("\n".join(["  device ops over two traced steps:"] + [
-          "    " + line for line in top_trace_ops(os.path.join(args.profile_dir, "xla" if impl == "jax_xla" else "cudnn"))]))
+      trace_dir = os.path.join(args.profile_dir, impl)
+      print("\n".join(["  device ops over two traced steps:"] + ["    " + line for line in top_trace_ops(trace_dir)]))
+      save_device_trace(trace_dir, os.path.join(args.profile_dir, f"{impl}_device_trace.json.gz"))
   if "jax" in rows and "torch" in rows:
     print(f"speed-up (tokens/s ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")
   if rows:

@@ -69,6 +69,7 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
   c.model.remat = "full"
   c.model.attention = "xla"  # "cudnn" on NVIDIA GPUs: the fused flash kernel (docs/model.md)
+  c.model.pad_mlp_to = 128  # the vision MLP's 3420 units computed as 3456: aligned matmuls (docs/model.md)
   if arg == "tiny":
     c.model = sft_config("tiny").model
     c.data.batch_size = 8

@@ -276,6 +276,51 @@ def test_linear_split_equals_splitting_the_output(bias):
     lin.split(x, 5)
 
 
+def test_padded_mlps_compute_the_same_model(hf_dir, model):
+  """pad_mlp_to (MLP widths zero-padded at compute time, for GPU matmul kernels) changes neither
+  the logits nor any gradient, and leaves the parameters' shapes alone (checkpoints, HF export)."""
+  padded = hf.load_pretrained(hf_dir, pad_mlp_to=48)  # tiny: text 128 -> 144, vision 64 -> 96
+  assert (padded.text.layers[0].mlp.pad, padded.visual.blocks[0].mlp.pad) == (16, 32)
+  assert padded.visual.blocks[0].mlp.down.kernel[...].shape == model.visual.blocks[0].mlp.down.kernel[...].shape
+  batch = make_batch(model.config, [[3, ("video", (2, 8, 8), 1.0), 4]], seed=3)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(model.config, **batch))
+  def logits_and_grad(m):
+    graphdef, state = nnx.split(m)
+    def loss(s):
+      logits = nnx.merge(graphdef, s)(inputs)
+      return jnp.mean(jnp.sin(logits)), logits
+    return jax.jit(jax.grad(loss, has_aux=True))(state)
+  (grad_p, logits_p), (grad_m, logits_m) = logits_and_grad(padded), logits_and_grad(model)
+  np.testing.assert_allclose(np.asarray(logits_p), np.asarray(logits_m), atol=2e-6)
+  for a, b in zip(jax.tree.leaves(grad_p), jax.tree.leaves(grad_m)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+  with pytest.raises(ConfigError, match="pad_mlp_to must be >= 1"):
+    model.config.replace(pad_mlp_to=0).validate()
+
+
+def test_lm_head_backward_runs_in_the_compute_dtype():
+  """dense_fp32_out: fp32 logits, and a backward that is autodiff's in fp32 but, in bf16, matmuls
+  bf16 operands only (autodiff's would multiply the fp32 cotangent: tf32 matmuls on a GPU)."""
+  from rewatch_jax.models.layers import dense, dense_fp32_out
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  w = jax.random.normal(jax.random.key(1), (16, 40))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  plain = lambda x, w: dense(x, w, preferred_element_type=jnp.float32)
+  for a, b in zip(jax.grad(loss(dense_fp32_out), (0, 1))(x, w), jax.grad(loss(plain), (0, 1))(x, w)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  assert dense_fp32_out(xb, wb).dtype == jnp.float32
+  grads = jax.grad(loss(dense_fp32_out), (0, 1))(xb, wb)
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
+  for g, ref in zip(grads, jax.grad(loss(plain), (0, 1))(xb, wb)):  # against autodiff's, bf16 too
+    assert np.linalg.norm(np.asarray(g, np.float32) - ref) < 0.02 * np.linalg.norm(np.asarray(ref, np.float32))
+  dots = lambda f: [l for l in jax.jit(jax.grad(loss(f), (0, 1))).lower(xb, wb).as_text().splitlines()
+                    if "dot_general" in l]
+  assert len(dots(dense_fp32_out)) == 3 and not any("xf32>" in l.split("->")[0].split(":")[-1]
+                                                     for l in dots(dense_fp32_out))
+  assert any("xf32>" in l.split("->")[0].split(":")[-1] for l in dots(plain))  # what it replaces
+
+
 @pytest.mark.parametrize("block", [4, 16, 64])
 def test_block_attention_equals_dense_masked_attention(block):
   from rewatch_jax.models.layers import attention, block_attention

@@ -72,7 +72,7 @@ class TextConfig:
 
 # ModelConfig fields that change numerics or memory, not the architecture or the weights: a
 # checkpoint or HF folder can be loaded with any of them.
-RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "attention")
+RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "attention", "pad_mlp_to")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,10 @@ class ModelConfig:
   # causal only, so batches must be right-padded as our collators make them). Decoding with a
   # cache and the vision tower's small block-diagonal attention always use "xla".
   attention: str = "xla"
+  # MLP hidden widths computed zero-padded to a multiple of this (layers.SwiGLU): 128 turns the
+  # vision tower's 3420 into 3456, which GPU matmul kernels run far faster (the H200 step 1.1x,
+  # benchmarks/RESULTS.md); 1 (off) on CPU, where it would only add work.
+  pad_mlp_to: int = 1
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -133,6 +137,8 @@ class ModelConfig:
       problems.append(f"attention must be xla|cudnn, got {self.attention!r}")
     if self.attention == "cudnn" and self.dtype != "bfloat16":
       problems.append("attention='cudnn' needs dtype='bfloat16' (the fused kernel has no fp32 path)")
+    if self.pad_mlp_to < 1:
+      problems.append(f"pad_mlp_to must be >= 1, got {self.pad_mlp_to}")
     if problems:
       raise ConfigError("Invalid Qwen2.5-VL config: " + "; ".join(problems))
     return self

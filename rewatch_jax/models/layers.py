@@ -26,6 +26,31 @@ def dense(x: jax.Array, kernel: jax.Array, **kw) -> jax.Array:
   return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
+@jax.custom_vjp
+def dense_fp32_out(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`dense` with an fp32 result (the LM head's logits, for an fp32 loss) whose backward runs in
+  the operands' dtype: the fp32 cotangent is rounded to it first, as where the logits themselves
+  are computed in that dtype (Hugging Face). A bf16 model's LM-head gradients are then two bf16
+  matmuls instead of two tf32 ones (7 ms of an H200 step, benchmarks/RESULTS.md); in fp32 this is
+  exactly autodiff's backward."""
+  return dense(x, kernel, preferred_element_type=jnp.float32)
+
+
+def _dense_fp32_out_fwd(x, kernel):
+  return dense_fp32_out(x, kernel), (x, kernel)
+
+
+def _dense_fp32_out_bwd(res, g):
+  x, kernel = res
+  g = g.astype(x.dtype)
+  dx = dense(g, kernel.T)
+  dk = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+dense_fp32_out.defvjp(_dense_fp32_out_fwd, _dense_fp32_out_bwd)
+
+
 class Linear(nnx.Module):
   """y = x @ kernel (+ bias); kernel is (in, out) -- the transpose of torch's weight."""
 
@@ -35,10 +60,16 @@ class Linear(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((dout,), param_dtype), logical_axes=(axes[1],)) if bias else None
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+  def __call__(self, x: jax.Array, pad: tuple[int, int] = (0, 0)) -> jax.Array:
+    """`pad`: zero rows and columns appended to the kernel (zero bias entries to the columns), so x
+    may carry `pad[0]` extra (zero-weighted) features and y gains `pad[1]` zero features."""
+    kernel = self.kernel[...].astype(self.dtype)
+    if any(pad):
+      kernel = jnp.pad(kernel, ((0, pad[0]), (0, pad[1])))
+    y = dense(x.astype(self.dtype), kernel)
     if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
+      bias = self.bias[...].astype(self.dtype)
+      y = y + (jnp.pad(bias, (0, pad[1])) if pad[1] else bias)
     return y
 
   def split(self, x: jax.Array, parts: int) -> list[jax.Array]:
@@ -70,14 +101,22 @@ class RMSNorm(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-  def __init__(self, dim: int, hidden: int, *, bias: bool, dtype: str, param_dtype: str, rngs):
+  """down(silu(gate(x)) * up(x)). With `pad_to` > 1 the hidden width is computed zero-padded to a
+  multiple of it (zero gate/up columns give silu(0) * 0 = 0 units that meet zero down rows: the
+  same function and gradients). GPU matmul kernels want aligned widths: the vision tower's 3420
+  ran its backward on a slow Ampere-era cuBLAS kernel on an H200 (benchmarks/RESULTS.md)."""
+
+  def __init__(self, dim: int, hidden: int, *, bias: bool, dtype: str, param_dtype: str, rngs,
+               pad_to: int = 1):
     kw = dict(bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gate = Linear(dim, hidden, ("embed", "mlp"), **kw)
     self.up = Linear(dim, hidden, ("embed", "mlp"), **kw)
     self.down = Linear(hidden, dim, ("mlp", "embed"), **kw)
+    self.pad = -hidden % pad_to
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    p = self.pad
+    return self.down(jax.nn.silu(self.gate(x, (0, p))) * self.up(x, (0, p)), (p, 0))
 
 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

@@ -8,8 +8,8 @@ import numpy as np
 from flax import nnx, struct
 
 from rewatch_jax.models.configs import ModelConfig
-from rewatch_jax.models.layers import (Linear, RMSNorm, SwiGLU, attention, causal_attention, dense, param, remat,
-                                       rotate)
+from rewatch_jax.models.layers import (Linear, RMSNorm, SwiGLU, attention, causal_attention, dense_fp32_out, param,
+                                       remat, rotate)
 from rewatch_jax.models.sharding import constrain
 
 
@@ -78,7 +78,7 @@ class DecoderLayer(nnx.Module):
     self.self_attn = Attention(cfg, rngs)
     self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg.param_dtype)
     self.mlp = SwiGLU(t.hidden_size, t.intermediate_size, bias=False, dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, rngs=rngs)
+                      param_dtype=cfg.param_dtype, rngs=rngs, pad_to=cfg.pad_mlp_to)
 
   def __call__(self, x, cos, sin, mask, kv=None):
     h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
@@ -133,6 +133,7 @@ class TextModel(nnx.Module):
     return x, cache
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """fp32 logits; the matmul runs in the compute dtype with fp32 accumulation."""
+    """fp32 logits; the matmul runs in the compute dtype with fp32 accumulation (its backward in
+    the compute dtype: layers.dense_fp32_out)."""
     w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    return dense(hidden.astype(self.dtype), w.astype(self.dtype), preferred_element_type=jnp.float32)
+    return dense_fp32_out(hidden.astype(self.dtype), w.astype(self.dtype))

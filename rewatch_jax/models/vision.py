@@ -49,7 +49,7 @@ class VisionBlock(nnx.Module):
     self.norm2 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg.param_dtype)
     self.attn = VisionAttention(cfg, rngs)
     self.mlp = SwiGLU(v.hidden_size, v.intermediate_size, bias=True, dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, rngs=rngs)
+                      param_dtype=cfg.param_dtype, rngs=rngs, pad_to=cfg.pad_mlp_to)
 
   def __call__(self, x, cos, sin, segment, block):
     x = x + self.attn(self.norm1(x), cos, sin, segment, block)
