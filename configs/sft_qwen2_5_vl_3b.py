@@ -1,7 +1,7 @@
 """ReWatch-R1 SFT of Qwen2.5-VL-3B-Instruct (caption + direct QA + CoT, multi-task).
 
   python launch/train.py --config configs/sft_qwen2_5_vl_3b.py --workdir gs://BUCKET/run \
-      --config.init_from_hf=gs://BUCKET/Qwen2.5-VL-3B-Instruct --config.data.dir=gs://BUCKET/prepared
+      --config.init_from_hf=gs://BUCKET/Qwen2.5-VL-3B-Instruct --config.data.dir=/gcs/BUCKET/prepared
   python launch/train.py --config configs/sft_qwen2_5_vl_3b.py:tiny ...   # same recipe, tiny model
 
 Paper settings (REWATCH_METHOD.md sec. 5): 16k context, video at 2 fps, <= 192 frames of

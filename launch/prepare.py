@@ -7,9 +7,10 @@ r"""Prepare datasets.
 
   python launch/prepare.py --records qa.jsonl --videos DIR --out DIR --config qa \
       [--captions caption.jsonl] [--processes 8] [--num_shards N --shard_index I]
-      JSONL records + videos -> TFDS `rewatch` ArrayRecord files of decoded frames and tokens
-      (configs caption, qa, cot, perception, rl, qa_eval). Bad videos are skipped and listed in
-      prepare_report.json (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
+      JSONL records + videos -> TFDS `rewatch` ArrayRecord files of tokens (configs caption, qa,
+      cot, perception, rl, qa_eval), and OUT/video_store/ with each video's decoded frames once
+      for every record and config. Bad videos are skipped and listed in prepare_report.json
+      (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
 """
 
 import os
@@ -31,7 +32,8 @@ flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "perception", "rl", "
                   "Which prepared dataset to build.")
 flags.DEFINE_string("captions", None, "Caption JSONL (the rl config keeps each video's caption).")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (default: the Qwen vocabulary).")
-flags.DEFINE_string("cache_dir", None, "Frame cache directory (default: OUT/frame_cache); each video is decoded once per spec.")
+flags.DEFINE_string("cache_dir", None, "Optional frame cache to decode through (e.g. shared by several --out folders); "
+                    "within one --out each video is decoded once anyway (its video store).")
 flags.DEFINE_integer("processes", 1, "Local decoding processes.")
 flags.DEFINE_integer("num_shards", 1, "Hosts preparing disjoint shards.")
 flags.DEFINE_integer("shard_index", 0, "This host's shard.")
@@ -71,7 +73,8 @@ def main(argv):
       cache_dir=FLAGS.cache_dir, on_error=FLAGS.on_error, processes=FLAGS.processes,
       num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index)
   print(f"{FLAGS.config}: wrote {report['written']} of {report['records']} records "
-        f"(skipped {len(report['skipped'])}) in {time.perf_counter() - t0:.1f}s; VideoSpec {spec.hash}")
+        f"(skipped {len(report['skipped'])}) in {time.perf_counter() - t0:.1f}s; {report['videos']} "
+        f"video{'s' * (report['videos'] != 1)}, {report['videos_stored']} new in the video store; VideoSpec {spec.hash}")
   for s in report["skipped"][:10]:
     print(f"  skipped {s['id']}: {s['error']}")
 

@@ -105,7 +105,9 @@ def test_prepare_records_into_array_record(tmp_path):
             "--min_pixels", "3136", "--max_pixels", "3136")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "caption: wrote 1 of 1 records" in out.stdout
-  assert (tmp_path / "prep" / "rewatch" / "caption" / "1.0.0" / "prepare_report.json").exists()
+  assert "1 video, 1 new in the video store" in out.stdout
+  assert (tmp_path / "prep" / "rewatch" / "caption" / "1.1.0" / "prepare_report.json").exists()
+  assert list((tmp_path / "prep" / "video_store").glob("caption-*.keys.json"))
   out = run("--records", "x.jsonl", "--out", str(tmp_path))
   assert out.returncode != 0 and "--records, --videos and --config" in out.stderr
 

@@ -9,6 +9,7 @@ import pytest
 
 from rewatch_jax.data import chat, records as R, tfds_rewatch, toyworld
 from rewatch_jax.data.video import VideoSpec, load_video
+from rewatch_jax.data.video_store import VideoStore
 
 SPEC = VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 84, total_pixels=8 * 56 * 84)
 
@@ -34,7 +35,7 @@ def test_prepare_and_read_back(toy, tmp_path, config):
   (source,), meta = tfds_rewatch.data_sources(str(tmp_path), config)
   assert len(source) == len(recs) and meta["video_spec_hash"] == SPEC.hash
   by_id = {r.id: r for r in recs}
-  ex = source[0]
+  ex = VideoStore(str(tmp_path)).attach(source[0])
   rec = by_id[ex["id"].decode()]
   video = load_video(str(toy / rec.video), SPEC)
   np.testing.assert_array_equal(ex["frames"], video.frames)
@@ -78,13 +79,18 @@ def test_nothing_to_write_is_a_clear_error(toy, tmp_path):
 
 
 def test_shards_prepared_separately_read_as_one(toy, tmp_path):
-  recs = _records(toy, "train", "qa")[:7]
+  recs = _records(toy, "train", "qa")
+  assert len({r.video for r in recs}) == 2  # one for each shard
   for i in range(2):
     tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC, num_shards=2, shard_index=i,
                          processes=2 if i else 1)  # one shard decoded by a process pool
   sources, _ = tfds_rewatch.data_sources(str(tmp_path), "qa")
   ids = sorted(ex["id"].decode() for src in sources for ex in (src[i] for i in range(len(src))))
   assert len(sources) == 2 and ids == sorted(r.id for r in recs)
+  # shards split the videos: each video's records in one shard, each video stored once
+  videos = [{src[i]["video"] for i in range(len(src))} for src in sources]
+  assert not videos[0] & videos[1] and len(VideoStore(str(tmp_path))) == len(videos[0] | videos[1])
+  assert len(list((tmp_path / "video_store").glob("*.array_record"))) == 2
   with pytest.raises(FileNotFoundError, match="launch/prepare.py"):
     tfds_rewatch.data_sources(str(tmp_path), "cot")
 
@@ -95,13 +101,60 @@ def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):
   assert report["written"] == len(recs) and report["skipped"][0]["error"] == "duplicate record id"
 
 
-def test_each_video_is_decoded_once_across_records_and_configs(toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache", [False, True])
+def test_each_video_is_decoded_once_across_records_and_configs(toy, tmp_path, monkeypatch, cache):
+  """The second config reads the videos the first one stored; with a frame cache too."""
   from rewatch_jax.data import video as V
   calls = []
   real = V.load_video
-  monkeypatch.setattr(V, "load_video", lambda path, spec=VideoSpec(), **k: calls.append(path) or real(path, spec, **k))
-  qa = _records(toy, "train", "qa")[:8]
-  tfds_rewatch.prepare(str(tmp_path), "qa", qa, str(toy), SPEC)
-  tfds_rewatch.prepare(str(tmp_path), "cot", _records(toy, "train", "cot")[:8], str(toy), SPEC)
-  assert sorted(calls) == sorted(set(calls)) and len(calls) == len({r.video for r in qa} | {
-      r.video for r in _records(toy, "train", "cot")[:8]})
+  counted = lambda path, spec=VideoSpec(), **k: calls.append(path) or real(path, spec, **k)
+  monkeypatch.setattr(V, "load_video", counted)  # FrameCache's
+  monkeypatch.setattr(tfds_rewatch, "load_video", counted)
+  kw = dict(cache_dir=str(tmp_path / "cache")) if cache else {}
+  qa, cot = _records(toy, "train", "qa")[:8], _records(toy, "train", "cot")[:8]
+  tfds_rewatch.prepare(str(tmp_path), "qa", qa, str(toy), SPEC, **kw)
+  tfds_rewatch.prepare(str(tmp_path), "cot", cot, str(toy), SPEC, **kw)
+  assert sorted(calls) == sorted(set(calls)) and len(calls) == len({r.video for r in qa} | {r.video for r in cot})
+
+
+def test_videos_are_stored_once_across_records_and_configs(toy, tmp_path):
+  """Frames live in the prepared folder's video store, one entry per video whatever the number of
+  records and configs about it; examples name it by key, and attach() gives back load_video's frames."""
+  qa, cot = _records(toy, "train", "qa")[:8], _records(toy, "train", "cot")[:8]
+  first = tfds_rewatch.prepare(str(tmp_path), "qa", qa, str(toy), SPEC)
+  second = tfds_rewatch.prepare(str(tmp_path), "cot", cot, str(toy), SPEC)
+  videos_qa, videos_cot = {r.video for r in qa}, {r.video for r in cot}
+  assert len(qa) > len(videos_qa)  # several questions per video
+  assert first["videos_stored"] == len(videos_qa) and second["videos_stored"] == len(videos_cot - videos_qa)
+  store = VideoStore(str(tmp_path))
+  assert len(store) == len(videos_qa | videos_cot)
+  (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "cot")
+  for i in range(len(source)):
+    ex = store.attach(source[i])
+    video = load_video(str(toy / ex["video"].decode()), SPEC)
+    np.testing.assert_array_equal(ex["frames"], video.frames)
+    np.testing.assert_allclose(ex["timestamps"], video.timestamps, rtol=1e-6)
+    assert abs(float(ex["second_per_grid"]) - video.second_per_grid(2)) < 1e-6
+  with pytest.raises(KeyError, match="not in the prepared data's video store"):
+    store["0" * 64]
+
+
+def test_a_store_file_without_its_sidecar_is_ignored_and_replaced(toy, tmp_path):
+  """A prepare that died mid-way leaves a store file with no keys sidecar: readers skip it, and the
+  next prepare of that config and shard writes it again."""
+  qa = _records(toy, "train", "qa")[:4]
+  tfds_rewatch.prepare(str(tmp_path / "a"), "qa", qa, str(toy), SPEC)
+  (sidecar,) = (tmp_path / "a" / "video_store").glob("*.keys.json")
+  sidecar.unlink()
+  assert len(VideoStore(str(tmp_path / "a"))) == 0
+  shutil.rmtree(tmp_path / "a" / "rewatch")
+  tfds_rewatch.prepare(str(tmp_path / "a"), "qa", qa, str(toy), SPEC)
+  assert len(VideoStore(str(tmp_path / "a"))) == len({r.video for r in qa})
+
+
+def test_data_of_the_old_format_or_on_a_url_is_named(tmp_path):
+  (tmp_path / "rewatch" / "qa" / "1.0.0").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="prepared in format 1.0.0.*prepare it again"):
+    tfds_rewatch.data_sources(str(tmp_path), "qa")
+  with pytest.raises(ValueError, match="filesystem path.*gcsfuse"):
+    tfds_rewatch.data_sources("gs://bucket/prepared", "qa")

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from rewatch_jax.data import tfds_rewatch
+from rewatch_jax.data.video_store import VideoStore
 from rewatch_jax.data.processor import frames_to_patches
 from rewatch_jax.models import positions as P
 from rewatch_jax.models.configs import ModelConfig
@@ -40,9 +41,11 @@ class Bucket:
 
 
 def source(data_dir: str, config: str) -> grain.MapDataset:
-  """All prepared shards of one config as one random-access dataset."""
+  """All prepared shards of one config as one random-access dataset, each example with its video's
+  frames, timestamps and seconds per grid from the prepared folder's video store."""
   sources, _ = tfds_rewatch.data_sources(data_dir, config)
-  return grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources])
+  store = VideoStore(data_dir)
+  return grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources]).map(store.attach)
 
 
 def _host_slice(ds: grain.MapDataset) -> grain.MapDataset:

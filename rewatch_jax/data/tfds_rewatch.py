@@ -1,10 +1,12 @@
-"""TFDS builder `rewatch`: JSONL records + a video folder -> ArrayRecord of decoded frames and tokens.
+"""TFDS builder `rewatch`: JSONL records + a video folder -> ArrayRecord of tokens, and decoded frames.
 
 Configs: caption (caption prompt), qa (direct-answer prompt), cot (thinking prompt), perception
 (direct-answer prompt, a QA subset trained as its own task), rl (thinking prompt without the answer,
 plus ground truth and the video's caption for the O&R reward), and qa_eval (direct-answer prompt
-without the answer, plus ground truth). Frames are decoded once with the VideoSpec, stored resized
-(ZLIB-compressed uint8), and the spec's hash is written into the dataset metadata. No TensorFlow is needed to build or read.
+without the answer, plus ground truth). Each video is decoded once with the VideoSpec and its
+resized frames are stored once for all records and configs in the prepared folder's video store
+(`video_store.py`; examples carry its `video_key`); the spec's hash is written into the dataset
+metadata. No TensorFlow is needed to build or read.
 
 Bad videos or records are skipped and listed in `prepare_report.json` (or stop the build with
 `on_error="raise"`). Many hosts can prepare disjoint shards of one dataset (`num_shards`,
@@ -22,12 +24,12 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rewatch_jax.data import chat, records as R
+from rewatch_jax.data import chat, records as R, video_store
 from rewatch_jax.data.processor import video_tokens
-from rewatch_jax.data.video import FrameCache, VideoSpec, load_video
+from rewatch_jax.data.video import FrameCache, VideoSpec, file_digest, load_video
 from rewatch_jax.models.configs import VisionConfig
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: frames in the shared video store, not in every example
 MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "perception": "direct", "rl": "thinking",
          "qa_eval": "direct"}
 KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "perception": (R.QARecord,),
@@ -40,10 +42,7 @@ def _features(config: str) -> tfds.features.FeaturesDict:
   feats = {
       "id": tfds.features.Text(), "kind": tfds.features.Text(), "video": tfds.features.Text(),
       "record": tfds.features.Text(),  # the full record as JSON (lineage included)
-      "frames": t(shape=(None, None, None, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
-      "timestamps": t(shape=(None,), dtype=np.float32),
-      "duration": t(shape=(), dtype=np.float32),
-      "second_per_grid": t(shape=(), dtype=np.float32),
+      "video_key": tfds.features.Text(),  # the decoded video in the prepared folder's video store
       "input_ids": t(shape=(None,), dtype=np.int32),
       "loss_mask": t(shape=(None,), dtype=np.bool_),
   }
@@ -55,29 +54,51 @@ def _features(config: str) -> tfds.features.FeaturesDict:
 
 @dataclasses.dataclass
 class _Job:
-  record: R.Record
+  """One video and the records (of this config and shard) about it."""
   path: str
+  records: list
+
+
+_STORE: video_store.VideoStore | None = None  # the prepared folder's store as the call began, per process
+
+
+def _open_store(store_dir: str) -> None:
+  global _STORE
+  _STORE = video_store.VideoStore(store_dir)
 
 
 def _decode(job_and_args):
-  """Worker: decode one video and encode the conversation. Returns (key, example) or (key, error)."""
+  """Worker: the frames of one video (from the video store if an earlier prepare stored it, else
+  decoded, through `cache_dir`'s frame cache if one is given) and the conversations of its records.
+  Returns (video key, the video encoded for the store or None if it is there, [(record id,
+  example, error)]); a video that fails fails each of its records."""
   job, config, spec, tokenizer_path, cache_dir, caption_text = job_and_args
-  rec = job.record
   try:
-    video = FrameCache(cache_dir).load(job.path, spec) if cache_dir else load_video(job.path, spec)
-    tokenizer = chat.qwen_tokenizer(tokenizer_path)
-    rl = config in PROMPT_ONLY
-    enc = chat.encode(tokenizer, chat.conversation(MODES[config], rec, video.duration, with_answer=not rl),
-                      video_tokens=_video_tokens(video.frames.shape), add_generation_prompt=rl)
-    ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(R.to_json(rec)),
-          "frames": video.frames, "timestamps": video.timestamps.astype(np.float32),
-          "duration": np.float32(video.duration), "second_per_grid": np.float32(video.second_per_grid(2)),
-          "input_ids": enc.input_ids, "loss_mask": enc.loss_mask}
-    if rl:
-      ex.update(answer=rec.answer, caption=caption_text or "", question_type=rec.question_type)
-    return rec.id, ex, None
-  except (ValueError, OSError) as e:  # VideoError and RecordError are ValueErrors
-    return rec.id, None, f"{type(e).__name__}: {e}"
+    digest = file_digest(job.path)
+    key = video_store.video_key(digest, spec)
+    if _STORE is not None and key in _STORE:
+      stored = _STORE[key]
+      frames_shape, duration, encoded = stored["frames"].shape, float(stored["duration"]), None
+    else:
+      video = FrameCache(cache_dir).load(job.path, spec, digest) if cache_dir else load_video(job.path, spec)
+      frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
+  except (ValueError, OSError) as e:  # VideoError is a ValueError
+    return None, None, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
+  tokenizer = chat.qwen_tokenizer(tokenizer_path)
+  rl = config in PROMPT_ONLY
+  out = []
+  for rec in job.records:
+    try:
+      enc = chat.encode(tokenizer, chat.conversation(MODES[config], rec, duration, with_answer=not rl),
+                        video_tokens=_video_tokens(frames_shape), add_generation_prompt=rl)
+      ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(R.to_json(rec)),
+            "video_key": key, "input_ids": enc.input_ids, "loss_mask": enc.loss_mask}
+      if rl:
+        ex.update(answer=rec.answer, caption=caption_text or "", question_type=rec.question_type)
+      out.append((rec.id, ex, None))
+    except ValueError as e:  # RecordError is a ValueError
+      out.append((rec.id, None, f"{type(e).__name__}: {e}"))
+  return key, encoded, out
 
 
 def _video_tokens(frames_shape, vision: VisionConfig = VisionConfig()) -> int:
@@ -95,7 +116,9 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, records=(), video_root: str = "", spec: VideoSpec = VideoSpec(),
                tokenizer: str | None = None, captions=(), cache_dir: str | None = None,
                on_error: str = "skip", processes: int = 1, num_shards: int = 1, shard_index: int = 0,
-               **kwargs):
+               store_dir: str = "", **kwargs):
+    """`store_dir`: the prepared folder whose video store (`store_dir`/video_store) gets the frames;
+    `prepare` passes its `out_dir`, shared by every shard and config."""
     if on_error not in ("skip", "raise"):
       raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     if not 0 <= shard_index < num_shards:
@@ -104,6 +127,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     self._tokenizer, self._cache_dir, self._on_error = tokenizer, cache_dir, on_error
     self._captions = {c.video: c.text for c in captions}
     self._processes, self._num_shards, self._shard_index = processes, num_shards, shard_index
+    self._store_dir = store_dir or kwargs.get("data_dir", "")
     self.report = {}
     super().__init__(**kwargs)
 
@@ -118,34 +142,50 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     config = self.builder_config.name
     wanted = KINDS[config]
-    mine = sorted((r for r in self._records if type(r) in wanted), key=lambda r: r.id)
-    mine = mine[self._shard_index::self._num_shards]
-    skipped, jobs, seen = [], [], set()
+    typed = sorted((r for r in self._records if type(r) in wanted), key=lambda r: r.id)
+    # Shards split the videos, not the records: each video's records meet in one shard, which
+    # stores the video once.
+    videos = sorted({r.video for r in typed})[self._shard_index::self._num_shards]
+    ours = set(videos)
+    mine = [r for r in typed if r.video in ours]
+    skipped, by_video, seen = [], {}, set()
     for rec in mine:
       if rec.id in seen:
         skipped.append({"id": rec.id, "video": rec.video, "error": "duplicate record id"})
         continue
       seen.add(rec.id)
       try:
-        jobs.append((_Job(rec, R.resolve_video(self._video_root, rec.video)), config, self._spec,
-                     self._tokenizer, self._cache_dir, self._captions.get(rec.video)))
+        path = R.resolve_video(self._video_root, rec.video)
       except R.RecordError as e:
         skipped.append({"id": rec.id, "video": rec.video, "error": str(e)})
-    written = 0
-    pool = multiprocessing.get_context("spawn").Pool(self._processes) if self._processes > 1 else None
+        continue
+      by_video.setdefault(path, []).append(rec)
+    jobs = [(_Job(path, recs), config, self._spec, self._tokenizer, self._cache_dir,
+             self._captions.get(recs[0].video)) for path, recs in by_video.items()]
+    store = video_store.VideoStoreWriter(self._store_dir, f"{config}-{self._shard_index:05d}-of-{self._num_shards:05d}")
+    written = stored = 0
+    pool = None
+    if self._processes > 1:
+      pool = multiprocessing.get_context("spawn").Pool(self._processes, _open_store, (self._store_dir,))
+    else:
+      _open_store(self._store_dir)
     try:
       results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
-      for key, example, error in results:
-        if error is not None:
-          if self._on_error == "raise":
-            raise ValueError(f"preparing {key}: {error}")
-          skipped.append({"id": key, "error": error})
-          continue
-        written += 1
-        yield key, example
+      for key, encoded, outcomes in results:
+        for rec_id, example, error in outcomes:
+          if error is not None:
+            if self._on_error == "raise":
+              raise ValueError(f"preparing {rec_id}: {error}")
+            skipped.append({"id": rec_id, "error": error})
+            continue
+          if encoded is not None:
+            stored += store.add(key, encoded)
+          written += 1
+          yield rec_id, example
     finally:
       if pool:
         pool.terminate()
+    store.close()
     if not written:  # TFDS would only say "No examples were yielded"
       kinds = "/".join(k.__name__ for k in wanted)
       why = "; ".join(f"{s['id']}: {s['error']}" for s in skipped[:3])
@@ -154,7 +194,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
                        f"{len(skipped)} skipped{': ' + why if why else ''})")
     self.report = {"config": config, "video_spec": self._spec.to_dict(), "video_spec_hash": self._spec.hash,
                    "shard": [self._shard_index, self._num_shards], "records": len(mine),
-                   "written": written, "skipped": skipped}
+                   "written": written, "videos": len(by_video), "videos_stored": stored, "skipped": skipped}
     self.info.metadata.update(video_spec_hash=self._spec.hash, video_spec=self._spec.to_dict(),
                               prompt_version=chat.PROMPT_VERSION, written=written, skipped=len(skipped))
 
@@ -166,13 +206,12 @@ def shard_dir(out_dir: str, num_shards: int, shard_index: int) -> str:
 def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec = VideoSpec(),
             **kwargs) -> dict:
   """Build one config (one shard of it) and write its report next to the data. Returns the report.
-  Decoded frames are cached under out_dir/frame_cache unless `cache_dir` says otherwise, so a video
-  shared by many records (and by several configs) is decoded once."""
+  Frames go to out_dir's video store once per video (`video_store.py`), and a video already there
+  is read back, not decoded, so a video shared by many records and configs is decoded once.
+  `cache_dir`: a FrameCache to decode through as well (e.g. shared by several prepared folders)."""
   data_dir = shard_dir(out_dir, kwargs.get("num_shards", 1), kwargs.get("shard_index", 0))
-  if not kwargs.get("cache_dir"):
-    kwargs["cache_dir"] = os.path.join(out_dir, "frame_cache")
   builder = Rewatch(config=config, records=records, video_root=video_root, spec=spec, data_dir=data_dir,
-                    file_format="array_record", **kwargs)
+                    store_dir=out_dir, file_format="array_record", **kwargs)
   builder.download_and_prepare()
   with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
     json.dump(builder.report, f, indent=2)
@@ -180,11 +219,20 @@ def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec
 
 
 def data_sources(out_dir: str, config: str) -> tuple[list, dict]:
-  """Every prepared shard of `config` under out_dir as TFDS data sources (random access, decoded),
-  and their common metadata. Raises if shards disagree on the VideoSpec."""
+  """Every prepared shard of `config` under out_dir as TFDS data sources (random access, decoded;
+  frames not attached: `video_store.VideoStore(out_dir).attach`), and their common metadata.
+  Raises if shards disagree on the VideoSpec."""
+  if "://" in out_dir:
+    raise ValueError(f"prepared data is read from a filesystem path, not {out_dir}: mount the bucket with "
+                     "Cloud Storage FUSE (gcsfuse, e.g. at /gcs/BUCKET) and pass that path")
   dirs = sorted(glob.glob(os.path.join(out_dir, "rewatch", config, VERSION)) +
                 glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, VERSION)))
   if not dirs:
+    old = sorted({os.path.basename(d) for d in glob.glob(os.path.join(out_dir, "rewatch", config, "*")) +
+                  glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, "*"))})
+    if old:
+      raise FileNotFoundError(f"'{config}' under {out_dir} was prepared in format {', '.join(old)}; this version reads "
+                              f"{VERSION} (frames in a shared video store): prepare it again (launch/prepare.py)")
     raise FileNotFoundError(f"no prepared '{config}' data under {out_dir} (run launch/prepare.py)")
   sources, metas = [], []
   for d in dirs:

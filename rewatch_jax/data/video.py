@@ -560,9 +560,10 @@ class FrameCache:
   def _path(self, digest: str, spec: VideoSpec) -> str:
     return os.path.join(self.directory, digest[:2], f"{digest}-{spec.hash}-d{DECODER_VERSION}.npz")
 
-  def load(self, path: str, spec: VideoSpec = VideoSpec()) -> Video:
+  def load(self, path: str, spec: VideoSpec = VideoSpec(), digest: str | None = None) -> Video:
+    """`digest`: the file's sha256 where the caller has it already (hashing a long video takes a while)."""
     _check_file(path)
-    entry = self._path(file_digest(path), spec)
+    entry = self._path(digest or file_digest(path), spec)
     if os.path.exists(entry):
       try:
         with np.load(entry) as z:

@@ -30,8 +30,7 @@ def prepare_toyworld(config, workdir: str) -> set[str]:
   for name, split, kind in (("caption", "train", "caption"), ("qa", "train", "qa"), ("cot", "train", "cot"),
                             ("perception", "train", "perception"), ("qa_eval", "test", "qa")):
     if not os.path.exists(os.path.join(prepared, "rewatch", name, tfds_rewatch.VERSION, "dataset_info.json")):
-      report = tfds_rewatch.prepare(prepared, name, read(split, kind), toy, spec, tokenizer=tokenizer,
-                                    cache_dir=os.path.join(root, "frame_cache"))
+      report = tfds_rewatch.prepare(prepared, name, read(split, kind), toy, spec, tokenizer=tokenizer)
       print(f"prepared {name}: {report['written']} examples ({len(report['skipped'])} skipped)")
   config.data.dir = config.eval.dir = prepared
   config.tokenizer = tokenizer

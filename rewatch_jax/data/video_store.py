@@ -1,0 +1,141 @@
+"""The decoded videos of a prepared dataset, stored once per (video file, VideoSpec).
+
+ReWatch asks ~17 questions about each video (170,862 QA over ~10k videos) and the same videos feed
+the caption, QA, CoT, RL and evaluation configs, so frames stored with every example would take
+that many copies of each video (58 MB of uint8 frames per video at the ReWatch spec). Prepared
+examples carry a `video_key` instead, and the frames live here: append-only ArrayRecord files under
+`<out_dir>/video_store/`, each finished by a `.keys.json` sidecar listing its keys in order (a file
+without one, from a run that died, is ignored). Every `prepare` call (one config, one shard) adds
+the videos the store lacks in one new file, so configs prepared one after another share their
+videos, and hosts preparing shards at once never write the same file.
+
+key = sha256 of the video file, VideoSpec hash, decoder version (the FrameCache key): the same
+video under two paths is stored once; frames of another spec or decoder never answer for it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+
+import numpy as np
+
+from rewatch_jax.data.video import DECODER_VERSION, Video, VideoSpec
+
+STORE_DIR = "video_store"
+_OPTIONS = "group_size:1,zstd:3"  # one record per chunk: random access reads one video
+
+
+def video_key(digest: str, spec: VideoSpec) -> str:
+  return f"{digest}-{spec.hash}-d{DECODER_VERSION}"
+
+
+def encode(video: Video) -> bytes:
+  """What the store keeps of a decoded video: a JSON header (frame shape, duration, seconds per
+  grid), the float32 timestamps, then the uint8 frames. Not np.savez: reading .npy headers runs
+  ast.literal_eval, which CPython 3.11 breaks on when Grain's threads call it at once."""
+  frames = np.ascontiguousarray(video.frames, np.uint8)
+  timestamps = np.ascontiguousarray(video.timestamps, np.float32)
+  header = json.dumps({"shape": list(frames.shape), "timestamps": len(timestamps), "duration": float(video.duration),
+                       "second_per_grid": float(np.float32(video.second_per_grid(2)))}).encode()
+  return struct.pack("<I", len(header)) + header + timestamps.tobytes() + frames.tobytes()
+
+
+def decode(data: bytes) -> dict[str, np.ndarray]:
+  """encode's inverse; the arrays are read-only views of `data`."""
+  (n,) = struct.unpack_from("<I", data)
+  header = json.loads(data[4:4 + n])
+  ts = np.frombuffer(data, np.float32, header["timestamps"], 4 + n)
+  frames = np.frombuffer(data, np.uint8, int(np.prod(header["shape"])), 4 + n + ts.nbytes)
+  return {"frames": frames.reshape(header["shape"]), "timestamps": ts,
+          "duration": np.float64(header["duration"]), "second_per_grid": np.float32(header["second_per_grid"])}
+
+
+def _finished(out_dir: str) -> list[tuple[str, list[str]]]:
+  """(ArrayRecord path, its keys) of every finished store file, in name order."""
+  files = []
+  for sidecar in sorted(glob.glob(os.path.join(out_dir, STORE_DIR, "*.keys.json"))):
+    path = sidecar[:-len(".keys.json")] + ".array_record"
+    if os.path.exists(path):
+      with open(sidecar) as f:
+        files.append((path, json.load(f)["keys"]))
+  return files
+
+
+class VideoStoreWriter:
+  """Adds the videos the store under `out_dir` lacks, into one new file `<name>.array_record`
+  (created on the first new video; a leftover of that name without a sidecar is replaced)."""
+
+  def __init__(self, out_dir: str, name: str):
+    self.known = {k for _, keys in _finished(out_dir) for k in keys}
+    self.path = os.path.join(out_dir, STORE_DIR, f"{name}.array_record")
+    self.keys: list[str] = []
+    self._writer = None
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.known
+
+  def add(self, key: str, data: bytes) -> bool:
+    """Store one encoded video unless the store has it; returns whether it was written."""
+    if key in self.known:
+      return False
+    if self._writer is None:
+      from array_record.python.array_record_module import ArrayRecordWriter
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._writer = ArrayRecordWriter(self.path, _OPTIONS)
+    self._writer.write(data)
+    self.keys.append(key)
+    self.known.add(key)
+    return True
+
+  def close(self) -> None:
+    """Finish the file: its sidecar is written (atomically) only after every video is on disk."""
+    if self._writer is None:
+      return
+    self._writer.close()
+    self._writer = None
+    sidecar = self.path[:-len(".array_record")] + ".keys.json"
+    with open(sidecar + ".tmp", "w") as f:
+      json.dump({"keys": self.keys}, f)
+    os.replace(sidecar + ".tmp", sidecar)
+
+
+class VideoStore:
+  """Random access to the stored videos by key. Picklable (Grain workers): files are opened
+  lazily in each process."""
+
+  def __init__(self, out_dir: str):
+    files = _finished(out_dir)
+    self.paths = [path for path, _ in files]
+    self.index: dict[str, int] = {}
+    offset = 0
+    for _, keys in files:
+      for i, key in enumerate(keys):
+        self.index.setdefault(key, offset + i)  # a video two hosts both stored: the first copy
+      offset += len(keys)
+    self._source = None
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.index
+
+  def __getitem__(self, key: str) -> dict[str, np.ndarray]:
+    if key not in self.index:
+      raise KeyError(f"video {key} is not in the prepared data's video store ({len(self.paths)} files): "
+                     "were the videos/ folder and the examples prepared into the same --out?")
+    if self._source is None:
+      from array_record.python.array_record_data_source import ArrayRecordDataSource
+      self._source = ArrayRecordDataSource(self.paths)
+    return decode(self._source[self.index[key]])
+
+  def attach(self, ex: dict) -> dict:
+    """A prepared example with its video's frames, timestamps, duration and seconds per grid."""
+    key = ex["video_key"]
+    return {**ex, **self[key.decode() if isinstance(key, bytes) else key]}
+
+  def __getstate__(self):
+    return {**self.__dict__, "_source": None}
