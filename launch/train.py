@@ -55,6 +55,9 @@ def main(argv):
   config = FLAGS.config
   ModelConfig.from_dict(config.model.to_dict())  # validate the architecture before anything runs
   workdir = FLAGS.workdir
+  cache = driver.compilation_cache_dir(config, workdir, jax.default_backend())
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
   if jax.process_index() == 0:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))

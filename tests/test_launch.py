@@ -121,3 +121,17 @@ def test_sweep_dry_run_and_tpu_pod_command():
   assert len(lines) == 3 and "dry run: 3 runs" in out.stderr
   assert lines[0].startswith("gcloud compute tpus tpu-vm ssh pod-1 --worker=all")
   assert "--config.optimizer.learning_rate=5e-07" in lines[0] and "gs://b/sweep/learning_rate=5e-07_seed=0" in lines[0]
+
+
+def test_compilation_cache_goes_under_the_workdir_on_accelerators_only():
+  from configs import sft_qwen2_5_vl_7b
+  from rewatch_jax.train.driver import compilation_cache_dir
+  c = sft_qwen2_5_vl_7b.get_config()
+  assert compilation_cache_dir(c, "gs://b/run", "tpu") == "gs://b/run/jax_cache"
+  assert compilation_cache_dir(c, "/runs/a", "gpu") == "/runs/a/jax_cache"
+  assert compilation_cache_dir(c, "/runs/a", "cpu") is None  # executables use the host's instruction set
+  for path in ("/shared/jax_cache", "gs://b/cache"):
+    c.compilation_cache_dir = path
+    assert compilation_cache_dir(c, "/runs/a", "tpu") == path
+  c.compilation_cache_dir = ""
+  assert compilation_cache_dir(c, "/runs/a", "tpu") is None

@@ -37,6 +37,18 @@ def prepare_toyworld(config, workdir: str) -> set[str]:
   return {r.id for r in read("test", "perception")}
 
 
+def compilation_cache_dir(config, workdir: str, backend: str) -> str | None:
+  """Where JAX's persistent compilation cache goes for this run (config.compilation_cache_dir,
+  relative to the workdir unless absolute or a URL), or None: turned off, or on the CPU backend,
+  whose executables use the host's instruction set: JAX's cache key hashes the platform version
+  and a topology fingerprint, and we found nothing saying that tells an AVX2 host from an AVX-512
+  one sharing a cache folder (a wrong executable would crash, for seconds of compile saved)."""
+  path = config.compilation_cache_dir
+  if not path or backend == "cpu":
+    return None
+  return path if "://" in path or os.path.isabs(path) else os.path.join(workdir, path)
+
+
 def _check_tokenizer(config) -> None:
   tok = chat.qwen_tokenizer(config.tokenizer or None)
   m = config.model
