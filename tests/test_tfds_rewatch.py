@@ -158,3 +158,33 @@ def test_data_of_the_old_format_or_on_a_url_is_named(tmp_path):
     tfds_rewatch.data_sources(str(tmp_path), "qa")
   with pytest.raises(ValueError, match="filesystem path.*gcsfuse"):
     tfds_rewatch.data_sources("gs://bucket/prepared", "qa")
+
+
+def test_a_preparation_that_dies_resumes_without_decoding_the_stored_videos(toy, tmp_path, monkeypatch):
+  """Store files are finished every VIDEOS_PER_FILE videos (1 here): a crash after two videos keeps
+  them, and the rerun decodes only the rest, numbering its files after the finished ones."""
+  from rewatch_jax.data import video_store
+  monkeypatch.setattr(video_store, "VIDEOS_PER_FILE", 1)
+  recs = _records(toy, "train", "qa") + _records(toy, "test", "qa")
+  videos = {r.video for r in recs}
+  assert len(videos) == 3
+  calls, real = [], tfds_rewatch.load_video
+
+  def dies_on_the_third(path, spec=VideoSpec(), **k):
+    calls.append(path)
+    if len(calls) == 3:
+      raise RuntimeError("killed")
+    return real(path, spec, **k)
+  monkeypatch.setattr(tfds_rewatch, "load_video", dies_on_the_third)
+  with pytest.raises(RuntimeError, match="killed"):
+    tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC)
+  assert len(VideoStore(str(tmp_path))) == 2
+  calls.clear()
+  monkeypatch.setattr(tfds_rewatch, "load_video", lambda path, spec=VideoSpec(), **k: calls.append(path) or real(path, spec, **k))
+  report = tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC)
+  assert len(calls) == 1 and report["written"] == len(recs) and report["videos_stored"] == 1
+  assert sorted(p.name for p in (tmp_path / "video_store").glob("*.keys.json")) == [
+      f"qa-00000-of-00001-0000{i}.keys.json" for i in range(3)]
+  (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "qa")
+  store = VideoStore(str(tmp_path))
+  assert {store.attach(source[i])["frames"].shape[0] > 0 for i in range(len(source))} == {True}

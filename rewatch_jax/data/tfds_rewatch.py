@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 from rewatch_jax.data import chat, records as R, video_store
 from rewatch_jax.data.processor import video_tokens
@@ -171,7 +172,8 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
       _open_store(self._store_dir)
     try:
       results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
-      for key, encoded, outcomes in results:
+      progress = tqdm(results, total=len(jobs), desc=f"{config} videos", unit="video", dynamic_ncols=True)
+      for key, encoded, outcomes in progress:
         for rec_id, example, error in outcomes:
           if error is not None:
             if self._on_error == "raise":

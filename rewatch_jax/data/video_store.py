@@ -6,8 +6,9 @@ that many copies of each video (58 MB of uint8 frames per video at the ReWatch s
 examples carry a `video_key` instead, and the frames live here: append-only ArrayRecord files under
 `<out_dir>/video_store/`, each finished by a `.keys.json` sidecar listing its keys in order (a file
 without one, from a run that died, is ignored). Every `prepare` call (one config, one shard) adds
-the videos the store lacks in one new file, so configs prepared one after another share their
-videos, and hosts preparing shards at once never write the same file.
+the videos the store lacks in new files of its own name, finished every VIDEOS_PER_FILE (64) videos, so configs
+prepared one after another share their videos, a rerun after a crash decodes only what was not
+finished, and hosts preparing shards at once never write the same file.
 
 key = sha256 of the video file, VideoSpec hash, decoder version (the FrameCache key): the same
 video under two paths is stored once; frames of another spec or decoder never answer for it.
@@ -26,6 +27,7 @@ from rewatch_jax.data.video import DECODER_VERSION, Video, VideoSpec
 
 STORE_DIR = "video_store"
 _OPTIONS = "group_size:1,zstd:3"  # one record per chunk: random access reads one video
+VIDEOS_PER_FILE = 64  # a file is finished (readable, kept by a rerun) every this many videos
 
 
 def video_key(digest: str, spec: VideoSpec) -> str:
@@ -65,13 +67,20 @@ def _finished(out_dir: str) -> list[tuple[str, list[str]]]:
 
 
 class VideoStoreWriter:
-  """Adds the videos the store under `out_dir` lacks, into one new file `<name>.array_record`
-  (created on the first new video; a leftover of that name without a sidecar is replaced)."""
+  """Adds the videos the store under `out_dir` lacks to new files `<name>-NNNNN.array_record`,
+  each finished (closed, sidecar written) after `per_file` (VIDEOS_PER_FILE) videos: a preparation that dies loses
+  at most that many videos' decoding, and its rerun reads the finished ones back. Numbering goes
+  on after this name's finished files; a leftover without a sidecar is overwritten."""
 
-  def __init__(self, out_dir: str, name: str):
-    self.known = {k for _, keys in _finished(out_dir) for k in keys}
-    self.path = os.path.join(out_dir, STORE_DIR, f"{name}.array_record")
+  def __init__(self, out_dir: str, name: str, per_file: int | None = None):
+    finished = _finished(out_dir)
+    self.known = {k for _, keys in finished for k in keys}
+    prefix = os.path.join(out_dir, STORE_DIR, f"{name}-")
+    numbers = [int(path[len(prefix):-len(".array_record")]) for path, _ in finished
+               if path.startswith(prefix) and path[len(prefix):-len(".array_record")].isdigit()]
+    self.prefix, self.per_file, self.number = prefix, per_file or VIDEOS_PER_FILE, max(numbers, default=-1) + 1
     self.keys: list[str] = []
+    self.files = 0
     self._writer = None
 
   def __contains__(self, key: str) -> bool:
@@ -83,23 +92,26 @@ class VideoStoreWriter:
       return False
     if self._writer is None:
       from array_record.python.array_record_module import ArrayRecordWriter
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      self._writer = ArrayRecordWriter(self.path, _OPTIONS)
+      os.makedirs(os.path.dirname(self.prefix), exist_ok=True)
+      self._writer = ArrayRecordWriter(f"{self.prefix}{self.number:05d}.array_record", _OPTIONS)
     self._writer.write(data)
     self.keys.append(key)
     self.known.add(key)
+    if len(self.keys) >= self.per_file:
+      self.close()
     return True
 
   def close(self) -> None:
-    """Finish the file: its sidecar is written (atomically) only after every video is on disk."""
+    """Finish the open file: its sidecar is written (atomically) only after its videos are on disk."""
     if self._writer is None:
       return
     self._writer.close()
     self._writer = None
-    sidecar = self.path[:-len(".array_record")] + ".keys.json"
+    sidecar = f"{self.prefix}{self.number:05d}.keys.json"
     with open(sidecar + ".tmp", "w") as f:
       json.dump({"keys": self.keys}, f)
     os.replace(sidecar + ".tmp", sidecar)
+    self.keys, self.number, self.files = [], self.number + 1, self.files + 1
 
 
 class VideoStore:
