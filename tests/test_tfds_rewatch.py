@@ -129,10 +129,13 @@ def test_videos_are_stored_once_across_records_and_configs(toy, tmp_path):
   store = VideoStore(str(tmp_path))
   assert len(store) == len(videos_qa | videos_cot)
   (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "cot")
-  for i in range(len(source)):
+  tok = chat.qwen_tokenizer()
+  for i in range(len(source)):  # the shared videos' token counts came from the store's headers
     ex = store.attach(source[i])
     video = load_video(str(toy / ex["video"].decode()), SPEC)
     np.testing.assert_array_equal(ex["frames"], video.frames)
+    t, h, w = ex["frames"].shape[:3]
+    assert list(ex["input_ids"]).count(tok.token_to_id("<|video_pad|>")) == t // 2 * (h // 28) * (w // 28)
     np.testing.assert_allclose(ex["timestamps"], video.timestamps, rtol=1e-6)
     assert abs(float(ex["second_per_grid"]) - video.second_per_grid(2)) < 1e-6
   with pytest.raises(KeyError, match="not in the prepared data's video store"):

@@ -77,9 +77,9 @@ def _decode(job_and_args):
   try:
     digest = file_digest(job.path)
     key = video_store.video_key(digest, spec)
-    if _STORE is not None and key in _STORE:
-      stored = _STORE[key]
-      frames_shape, duration, encoded = stored["frames"].shape, float(stored["duration"]), None
+    if _STORE is not None and key in _STORE:  # its header is enough: frames stay where they are
+      head = _STORE.headers[key]
+      frames_shape, duration, encoded = tuple(head["shape"]), head["duration"], None
     else:
       video = FrameCache(cache_dir).load(job.path, spec, digest) if cache_dir else load_video(job.path, spec)
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)

@@ -4,11 +4,12 @@ ReWatch asks ~17 questions about each video (170,862 QA over ~10k videos) and th
 the caption, QA, CoT, RL and evaluation configs, so frames stored with every example would take
 that many copies of each video (58 MB of uint8 frames per video at the ReWatch spec). Prepared
 examples carry a `video_key` instead, and the frames live here: append-only ArrayRecord files under
-`<out_dir>/video_store/`, each finished by a `.keys.json` sidecar listing its keys in order (a file
-without one, from a run that died, is ignored). Every `prepare` call (one config, one shard) adds
-the videos the store lacks in new files of its own name, finished every VIDEOS_PER_FILE (64) videos, so configs
-prepared one after another share their videos, a rerun after a crash decodes only what was not
-finished, and hosts preparing shards at once never write the same file.
+`<out_dir>/video_store/`, each finished by a `.keys.json` sidecar that lists its keys and their
+headers (frame shape and duration: what preparing another config needs, without reading frames);
+a file without one, from a run that died, is ignored. Every `prepare` call (one config, one shard)
+adds the videos the store lacks to new files of its own name, finishing one every VIDEOS_PER_FILE
+(64) videos: configs prepared one after another share their videos, a rerun after a crash decodes
+only what no finished file holds, and hosts preparing shards at once never write the same file.
 
 key = sha256 of the video file, VideoSpec hash, decoder version (the FrameCache key): the same
 video under two paths is stored once; frames of another spec or decoder never answer for it.
@@ -45,6 +46,12 @@ def encode(video: Video) -> bytes:
   return struct.pack("<I", len(header)) + header + timestamps.tobytes() + frames.tobytes()
 
 
+def header(data: bytes) -> dict:
+  """An encoded video's header: frame shape, timestamp count, duration, seconds per grid."""
+  (n,) = struct.unpack_from("<I", data)
+  return json.loads(data[4:4 + n])
+
+
 def decode(data: bytes) -> dict[str, np.ndarray]:
   """encode's inverse; the arrays are read-only views of `data`."""
   (n,) = struct.unpack_from("<I", data)
@@ -55,14 +62,15 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
           "duration": np.float64(header["duration"]), "second_per_grid": np.float32(header["second_per_grid"])}
 
 
-def _finished(out_dir: str) -> list[tuple[str, list[str]]]:
-  """(ArrayRecord path, its keys) of every finished store file, in name order."""
+def _finished(out_dir: str) -> list[tuple[str, dict]]:
+  """(ArrayRecord path, its sidecar: keys and headers in file order) of every finished store file,
+  in name order."""
   files = []
   for sidecar in sorted(glob.glob(os.path.join(out_dir, STORE_DIR, "*.keys.json"))):
     path = sidecar[:-len(".keys.json")] + ".array_record"
     if os.path.exists(path):
       with open(sidecar) as f:
-        files.append((path, json.load(f)["keys"]))
+        files.append((path, json.load(f)))
   return files
 
 
@@ -74,12 +82,13 @@ class VideoStoreWriter:
 
   def __init__(self, out_dir: str, name: str, per_file: int | None = None):
     finished = _finished(out_dir)
-    self.known = {k for _, keys in finished for k in keys}
+    self.known = {k for _, side in finished for k in side["keys"]}
     prefix = os.path.join(out_dir, STORE_DIR, f"{name}-")
     numbers = [int(path[len(prefix):-len(".array_record")]) for path, _ in finished
                if path.startswith(prefix) and path[len(prefix):-len(".array_record")].isdigit()]
     self.prefix, self.per_file, self.number = prefix, per_file or VIDEOS_PER_FILE, max(numbers, default=-1) + 1
     self.keys: list[str] = []
+    self.headers: list[dict] = []
     self.files = 0
     self._writer = None
 
@@ -96,6 +105,7 @@ class VideoStoreWriter:
       self._writer = ArrayRecordWriter(f"{self.prefix}{self.number:05d}.array_record", _OPTIONS)
     self._writer.write(data)
     self.keys.append(key)
+    self.headers.append(header(data))
     self.known.add(key)
     if len(self.keys) >= self.per_file:
       self.close()
@@ -109,9 +119,9 @@ class VideoStoreWriter:
     self._writer = None
     sidecar = f"{self.prefix}{self.number:05d}.keys.json"
     with open(sidecar + ".tmp", "w") as f:
-      json.dump({"keys": self.keys}, f)
+      json.dump({"keys": self.keys, "headers": self.headers}, f)
     os.replace(sidecar + ".tmp", sidecar)
-    self.keys, self.number, self.files = [], self.number + 1, self.files + 1
+    self.keys, self.headers, self.number, self.files = [], [], self.number + 1, self.files + 1
 
 
 class VideoStore:
@@ -122,11 +132,13 @@ class VideoStore:
     files = _finished(out_dir)
     self.paths = [path for path, _ in files]
     self.index: dict[str, int] = {}
+    self.headers: dict[str, dict] = {}
     offset = 0
-    for _, keys in files:
-      for i, key in enumerate(keys):
+    for _, side in files:
+      for i, (key, head) in enumerate(zip(side["keys"], side["headers"])):
         self.index.setdefault(key, offset + i)  # a video two hosts both stored: the first copy
-      offset += len(keys)
+        self.headers.setdefault(key, head)
+      offset += len(side["keys"])
     self._source = None
 
   def __len__(self) -> int:
