@@ -20,7 +20,7 @@ python3 -c "import jax,flax,optax,transformers,torch;print('jax',jax.__version__
   --size 224 --length 512 --trained 64 || exit 1
 # --profile_dir: two more traced steps of ours, their longest device ops printed (where MFU is lost);
 # HLO=1 adds --dump_hlo: the optimised train step, to read the profile's fusions against (one impl
-# then: $OUT brings back at most 8 files).
+# then: $OUT brings back at most 8 files). Back here: python benchmarks/gpu_trace.py TRACE [HLO].
 mkdir -p "${OUT:=/tmp/out}"
 BENCH_LOG_DIR=$OUT python3 benchmarks/train_step_gpu.py --budget_s "${BUDGET:-240}" --profile_dir /tmp/profile \
   ${HLO:+--dump_hlo /tmp/hlo} "$@" 2>&1 | tee "$OUT/train_step_gpu.txt"

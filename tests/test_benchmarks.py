@@ -82,3 +82,25 @@ def test_gpu_trace_summary_reads_device_tracks(tmp_path):
   assert lines[4].split() == ["0.300", "s", "33.3%", "x2", "loop_add_fusion"]
   assert not any("Pjit" in line for line in lines)
   assert save_device_trace(str(tmp_path), str(tmp_path / "dev.json.gz")) == 5
+
+
+def test_gpu_trace_report_names_the_hlo_op_of_each_kernel():
+  """benchmarks/gpu_trace.py on a GPU-shaped step: a fusion kernel by its HLO name, a cuBLAS kernel
+  by the custom-call after the fusion that ran before it; the second step is left out."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import gpu_trace
+  hlo = "\n".join([
+      'ENTRY %main {',
+      '  %loop_add_fusion.3 = bf16[8,16]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%f, metadata={op_name="jit(step)/add"}',
+      '  %custom-call.7 = (bf16[8,3420]{1,0}, s8[64]{0}) custom-call(%loop_add_fusion.3, %w.2), '
+      'custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(step)/transpose(jvp())/dot_general"}',
+      '}'])
+  op = lambda name, ts, dur: dict(ph="X", name=name, pid=1, tid=14, ts=ts, dur=dur)
+  events = [op("loop_add_fusion_3", 0, 100), op("cutlass_80_align2_gemm", 100, 700),
+            op("loop_add_fusion_3", 5000, 100), op("cutlass_80_align2_gemm", 5100, 700)]  # step 2
+  lines = gpu_trace.report(events, hlo)
+  assert lines[0] == "one step: 2 kernels over 0.8 ms, 0.8 ms of them busy"
+  assert lines[1].split() == ["0.70", "ms", "x1", "cuBLAS", "and", "other", "library", "kernels"]
+  gemm = next(line for line in lines if "cutlass_80" in line)
+  assert "bf16[8,3420] <- (loop_add_fusion, w)" in gemm and "transpose(jvp())/dot_general" in gemm
+  assert "bf16[8,16] <- (p0, p1) [jit(step)/add]" in next(line for line in lines if "loop_add_fusion_3" in line)
