@@ -191,3 +191,13 @@ def test_a_preparation_that_dies_resumes_without_decoding_the_stored_videos(toy,
   (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "qa")
   store = VideoStore(str(tmp_path))
   assert {store.attach(source[i])["frames"].shape[0] > 0 for i in range(len(source))} == {True}
+
+
+def test_data_copied_without_its_video_store_fails_at_start(toy, tmp_path):
+  from rewatch_jax.data import pipeline
+  qa = _records(toy, "train", "qa")[:4]
+  tfds_rewatch.prepare(str(tmp_path / "a"), "qa", qa, str(toy), SPEC)
+  shutil.copytree(tmp_path / "a" / "rewatch", tmp_path / "b" / "rewatch")  # the examples only
+  assert len(pipeline.source(str(tmp_path / "a"), "qa")) == len(qa)
+  with pytest.raises(FileNotFoundError, match=r"qa example 0 needs video .* not in .*video_store \(0 videos\)"):
+    pipeline.source(str(tmp_path / "b"), "qa")

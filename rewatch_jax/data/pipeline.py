@@ -45,6 +45,13 @@ def source(data_dir: str, config: str) -> grain.MapDataset:
   frames, timestamps and seconds per grid from the prepared folder's video store."""
   sources, _ = tfds_rewatch.data_sources(data_dir, config)
   store = VideoStore(data_dir)
+  for src in sources:  # a folder copied without its video store fails here, not mid-training
+    for i in sorted({0, len(src) // 2, len(src) - 1} if len(src) else set()):
+      key = _text(src[i]["video_key"])
+      if key not in store:
+        raise FileNotFoundError(f"{data_dir}: {config} example {i} needs video {key[:16]}..., which is not in "
+                                f"{data_dir}/video_store ({len(store)} videos): copy that folder with the data, "
+                                "or prepare again")
   return grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources]).map(store.attach)
 
 
