@@ -55,11 +55,11 @@ def header(data: bytes) -> dict:
 def decode(data: bytes) -> dict[str, np.ndarray]:
   """encode's inverse; the arrays are read-only views of `data`."""
   (n,) = struct.unpack_from("<I", data)
-  header = json.loads(data[4:4 + n])
-  ts = np.frombuffer(data, np.float32, header["timestamps"], 4 + n)
-  frames = np.frombuffer(data, np.uint8, int(np.prod(header["shape"])), 4 + n + ts.nbytes)
-  return {"frames": frames.reshape(header["shape"]), "timestamps": ts,
-          "duration": np.float64(header["duration"]), "second_per_grid": np.float32(header["second_per_grid"])}
+  head = json.loads(data[4:4 + n])
+  ts = np.frombuffer(data, np.float32, head["timestamps"], 4 + n)
+  frames = np.frombuffer(data, np.uint8, int(np.prod(head["shape"])), 4 + n + ts.nbytes)
+  return {"frames": frames.reshape(head["shape"]), "timestamps": ts,
+          "duration": np.float64(head["duration"]), "second_per_grid": np.float32(head["second_per_grid"])}
 
 
 def _finished(out_dir: str) -> list[tuple[str, dict]]:
@@ -76,9 +76,10 @@ def _finished(out_dir: str) -> list[tuple[str, dict]]:
 
 class VideoStoreWriter:
   """Adds the videos the store under `out_dir` lacks to new files `<name>-NNNNN.array_record`,
-  each finished (closed, sidecar written) after `per_file` (VIDEOS_PER_FILE) videos: a preparation that dies loses
-  at most that many videos' decoding, and its rerun reads the finished ones back. Numbering goes
-  on after this name's finished files; a leftover without a sidecar is overwritten."""
+  each finished (closed, sidecar written) after `per_file` (default VIDEOS_PER_FILE) videos: a
+  preparation that dies loses at most that many videos' decoding, and its rerun reads the finished
+  ones back. Numbering goes on after this name's finished files; a leftover without a sidecar is
+  overwritten."""
 
   def __init__(self, out_dir: str, name: str, per_file: int | None = None):
     finished = _finished(out_dir)
@@ -89,7 +90,6 @@ class VideoStoreWriter:
     self.prefix, self.per_file, self.number = prefix, per_file or VIDEOS_PER_FILE, max(numbers, default=-1) + 1
     self.keys: list[str] = []
     self.headers: list[dict] = []
-    self.files = 0
     self._writer = None
 
   def __contains__(self, key: str) -> bool:
@@ -121,7 +121,7 @@ class VideoStoreWriter:
     with open(sidecar + ".tmp", "w") as f:
       json.dump({"keys": self.keys, "headers": self.headers}, f)
     os.replace(sidecar + ".tmp", sidecar)
-    self.keys, self.headers, self.number, self.files = [], [], self.number + 1, self.files + 1
+    self.keys, self.headers, self.number = [], [], self.number + 1
 
 
 class VideoStore:
@@ -150,7 +150,7 @@ class VideoStore:
   def __getitem__(self, key: str) -> dict[str, np.ndarray]:
     if key not in self.index:
       raise KeyError(f"video {key} is not in the prepared data's video store ({len(self.paths)} files): "
-                     "were the videos/ folder and the examples prepared into the same --out?")
+                     "were video_store/ and the examples prepared into (or copied from) the same --out?")
     if self._source is None:
       from array_record.python.array_record_data_source import ArrayRecordDataSource
       self._source = ArrayRecordDataSource(self.paths)
