@@ -86,85 +86,45 @@ def _newest_trace(trace_dir: str):
   return trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
-def _track_names(events) -> tuple[dict, dict]:
-  """Process names by pid and thread names by (pid, tid), from the trace's metadata events."""
-  procs, threads = {}, {}
-  for e in events:
-    if e.get("ph") == "M" and e.get("name") == "process_name":
-      procs[e["pid"]] = e.get("args", {}).get("name", "")
-    elif e.get("ph") == "M" and e.get("name") == "thread_name":
-      threads[e["pid"], e.get("tid")] = e.get("args", {}).get("name", "")
-  return procs, threads
+def _device_events(events) -> list[dict]:
+  """The events of the trace's GPU processes (their metadata too); none on a CPU trace."""
+  gpus = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+          and "gpu" in e.get("args", {}).get("name", "").lower()}
+  return [e for e in events if e.get("pid") in gpus]
 
 
 def _op_key(name: str) -> str:
   return name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name
 
 
-def _busy(spans: list[tuple[float, float]]) -> tuple[float, float]:
-  """Seconds covered by the union of (start, end) microsecond spans, and the seconds they span."""
-  spans.sort()
-  busy, end = 0.0, -float("inf")
-  for s, e in spans:
-    if e > end:
-      busy += e - max(s, end)
-      end = e
-  return busy / 1e6, (spans[-1][1] - spans[0][0]) / 1e6 if spans else 0.0
-
-
 def top_trace_ops(trace_dir: str, top: int = 25) -> list[str]:
-  """The device ops that took longest in the newest jax.profiler perfetto trace under `trace_dir`
-  (summed over the traced steps, numbered clones of a fusion together), one line each: where an
-  accelerator's step time goes. On a GPU trace: each device track's total first, how busy the
-  busiest stream was over the traced span (idle gaps are launch or host overhead), then the top
-  ops of the "XLA Ops" track (or of the busiest stream). On a CPU trace: host ops, Python and
-  runtime events left out."""
+  """Where a traced step's time went, from the newest jax.profiler perfetto trace under
+  `trace_dir`. A GPU trace: `gpu_trace.report` (one step's kernels by kind, how busy the device
+  was, the longest kernels). A CPU trace: the host ops that took longest, summed over the traced
+  steps (numbered clones of a fusion together; Python and runtime events left out)."""
   events = _newest_trace(trace_dir)
   if events is None:
     return [f"no perfetto trace under {trace_dir}"]
-  procs, threads = _track_names(events)
-  gpus = {pid for pid, name in procs.items() if "GPU" in name or "gpu" in name}
+  device = _device_events(events)
+  if device:
+    import gpu_trace
+    return gpu_trace.report(device, top=top)
   seconds, count = collections.Counter(), collections.Counter()
-  if not gpus:
-    for e in events:
-      name = e.get("name", "")
-      if e.get("ph") != "X" or "::" in name or name.startswith(("$", "end: ", "Thunk", "PjitFunction", "ParseArguments")):
-        continue
-      seconds[_op_key(name)] += e["dur"] / 1e6
-      count[_op_key(name)] += 1
-    total = sum(seconds.values())
-    return [f"{s:8.3f} s {s / total:6.1%} x{count[k]:<5d} {k[:90]}" for k, s in seconds.most_common(top)]
-  per_track, spans = collections.Counter(), collections.defaultdict(list)
   for e in events:
-    if e.get("ph") == "X" and e.get("pid") in gpus:
-      track = (e["pid"], e.get("tid"))
-      per_track[track] += e["dur"] / 1e6
-      spans[track].append((e["ts"], e["ts"] + e["dur"]))
-  if not per_track:
-    return [f"no device events in the trace under {trace_dir}"]
-  label = lambda t: f"{procs.get(t[0], t[0])} / {threads.get(t, t[1])}"
-  lines = [f"track {label(t)}: {s:.3f} s in {len(spans[t])} events" for t, s in per_track.most_common(8)]
-  streams = [t for t in per_track if "Stream" in threads.get(t, "")] or list(per_track)
-  busiest = max(streams, key=per_track.get)
-  busy, span = _busy(spans[busiest])
-  lines.append(f"busiest stream {label(busiest)}: busy {busy:.3f} s of {span:.3f} s ({busy / max(span, 1e-9):.1%})")
-  ops = next((t for t in per_track if threads.get(t) == "XLA Ops"), busiest)
-  for e in events:
-    if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) == ops:
-      seconds[_op_key(e.get("name", ""))] += e["dur"] / 1e6
-      count[_op_key(e.get("name", ""))] += 1
+    name = e.get("name", "")
+    if e.get("ph") != "X" or "::" in name or name.startswith(("$", "end: ", "Thunk", "PjitFunction", "ParseArguments")):
+      continue
+    seconds[_op_key(name)] += e["dur"] / 1e6
+    count[_op_key(name)] += 1
   total = sum(seconds.values())
-  lines.append(f"top ops of {label(ops)} ({total:.3f} s):")
-  return lines + [f"{s:8.3f} s {s / total:6.1%} x{count[k]:<5d} {k[:90]}" for k, s in seconds.most_common(top)]
+  return [f"{s:8.3f} s {s / total:6.1%} x{count[k]:<5d} {k[:90]}" for k, s in seconds.most_common(top)]
 
 
 def save_device_trace(trace_dir: str, path: str) -> int:
   """The newest trace's device events (GPU processes; their metadata too) as gzipped json at
-  `path`, small enough to bring home from a lent machine. Returns the number of events kept."""
-  events = _newest_trace(trace_dir) or []
-  procs, _ = _track_names(events)
-  gpus = {pid for pid, name in procs.items() if "GPU" in name or "gpu" in name}
-  kept = [e for e in events if e.get("pid") in gpus]
+  `path`, small enough to bring home from a lent machine (read by gpu_trace.py). Returns the
+  number of events kept."""
+  kept = _device_events(_newest_trace(trace_dir) or [])
   with gzip.open(path, "wt") as f:
     json.dump(kept, f)
   return len(kept)

@@ -3,7 +3,7 @@ trace (`*_device_trace.json.gz`) and, with HLO=1, the optimised HLO (`hlo_*.txt.
 
   python benchmarks/gpu_trace.py jax_device_trace.json.gz [hlo_jax.txt.gz] [--top 40]
 
-Prints one traced step (the trace holds two; they are split at the longest idle gap): time by kind
+Prints one traced step (the trace holds two, split at the idle gap between them): time by kind
 (cuBLAS / cuDNN library kernels, XLA's Triton matmul fusions, other XLA fusions), then the longest
 kernels with the HLO op they ran: a fusion by its name, a library kernel (cuBLAS, cuDNN) by the
 custom-call it belongs to, found in schedule order after the fusion that ran before it. Inside CUDA
@@ -34,14 +34,14 @@ def kind(name: str) -> str:
   return "cuBLAS and other library kernels"
 
 
-def one_step(events: list[dict]) -> list[dict]:
-  """The kernels of the first traced step, in time order."""
+def one_step(events: list[dict], min_gap_us: float = 1000.0) -> list[dict]:
+  """The kernels of the first traced step, in time order: up to the longest idle gap if that is
+  over `min_gap_us` (between steps the device waits for the host; within one, microseconds)."""
   x = sorted((e for e in events if e.get("ph") == "X"), key=lambda e: e["ts"])
   if len(x) < 2:
     return x
-  gaps = [(x[i + 1]["ts"] - x[i]["ts"] - x[i]["dur"], i) for i in range(len(x) - 1)]
-  _, cut = max(gaps)
-  return x[:cut + 1]
+  gap, cut = max((x[i + 1]["ts"] - x[i]["ts"] - x[i]["dur"], i) for i in range(len(x) - 1))
+  return x[:cut + 1] if gap > min_gap_us else x
 
 
 def hlo_index(text: str) -> tuple[list[str], dict[str, int]]:
@@ -68,7 +68,7 @@ def attribute(step: list[dict], lines: list[str], where: dict[str, int]) -> list
   found, last, k = [], None, 0
   for e in step:
     name = e["name"]
-    if kind(name) != "cuBLAS and other library kernels" and not name.startswith(("cudnn", "void cudnn")):
+    if kind(name) in ("XLA Triton matmul fusions", "other XLA kernels"):  # named after its HLO op
       last, k = name, 0
       found.append(describe(lines[where[name]]) if name in where else "")
       continue

@@ -207,7 +207,7 @@ def main():
     print(f"  step times {[round(t, 3) for t in r['times']]}; train-step compilations: {r.get('compiles', '-')}")
     if args.profile_dir and impl != "torch":
       trace_dir = os.path.join(args.profile_dir, impl)
-      print("\n".join(["  device ops over two traced steps:"] + ["    " + line for line in top_trace_ops(trace_dir)]))
+      print("\n".join(["  where a traced step's time went:"] + ["    " + line for line in top_trace_ops(trace_dir)]))
       save_device_trace(trace_dir, os.path.join(args.profile_dir, f"{impl}_device_trace.json.gz"))
   if "jax" in rows and "torch" in rows:
     print(f"speed-up (tokens/s ours / HF): {rows['jax']['tps'] / rows['torch']['tps']:.2f}x")

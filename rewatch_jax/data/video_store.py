@@ -92,9 +92,6 @@ class VideoStoreWriter:
     self.headers: list[dict] = []
     self._writer = None
 
-  def __contains__(self, key: str) -> bool:
-    return key in self.known
-
   def add(self, key: str, data: bytes) -> bool:
     """Store one encoded video unless the store has it; returns whether it was written."""
     if key in self.known:
