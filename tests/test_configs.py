@@ -1,6 +1,7 @@
 """Model configs: published sizes against their config.json, ml_collections round trips, errors."""
 
 import json
+import math
 
 import pytest
 
@@ -72,3 +73,59 @@ def test_published_size_recipes_pad_mlps_for_accelerators():
   for recipe in (sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b):
     assert recipe.get_config().model.pad_mlp_to == 128
     assert recipe.get_config("tiny").model.pad_mlp_to == 1
+
+
+# Parameter counts of the released checkpoints (Qwen/Qwen2.5-VL-{3B,7B}-Instruct model cards).
+PUBLISHED_PARAMS = {"3b": 3_754_622_976, "7b": 8_292_166_656}
+
+
+@pytest.mark.parametrize("size", sorted(PUBLISHED_PARAMS))
+def test_published_sizes_map_one_to_one_onto_hf_tensors(size):
+  """At full size, without weights: transformers builds the model on the meta device, we build
+  ours abstractly, and hf.name_map pairs every tensor of one with a tensor of the other, shapes
+  included (the loader's whole contract at the size users load)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from flax import nnx
+
+  from rewatch_jax import hf
+  from rewatch_jax.models import Qwen25VL
+  cfg = PRESETS[size]
+  with torch.device("meta"):
+    theirs = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict()))
+  hf_shapes = {hf._canonical(k): tuple(p.shape) for k, p in theirs.named_parameters()}  # tied lm_head: once
+  assert sum(p.numel() for p in theirs.parameters()) == PUBLISHED_PARAMS[size]
+  ours = {tuple(path): v.shape for path, v in nnx.to_flat_state(nnx.state(
+      nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))))}
+  table = hf.name_map(cfg)
+  assert set(table) == set(hf_shapes)
+  assert sorted(path for path, _ in table.values()) == sorted(ours)
+  for name, (path, kind) in table.items():
+    assert hf._our_shape(hf_shapes[name], kind) == tuple(ours[path]), name
+  assert sum(math.prod(s) for s in ours.values()) == PUBLISHED_PARAMS[size]
+
+
+@pytest.mark.parametrize("size", ["3b", "7b", "32b", "72b"])
+def test_published_sizes_shard_on_pod_meshes(size, caplog, monkeypatch):
+  """Every parameter of every published size gets a sharding JAX can place on pod-sized meshes
+  (abstract: no devices needed): FSDP over 256 or 512 chips, FSDP x tensor 16 x 8 and 64 x 4. A
+  dimension a mesh does not divide (the vision tower's 1280 over 512, the 3B/7B vision MLP's 3420
+  over 8) is replicated along that axis and named in a warning; the language model stays sharded."""
+  import jax
+  from flax import nnx
+
+  from rewatch_jax.models import Qwen25VL, sharding
+  cfg = PRESETS[size]
+  state = nnx.state(nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0))))
+  for fsdp, tensor in ((256, 1), (512, 1), (16, 8), (64, 4)):
+    mesh = jax.sharding.AbstractMesh((1, fsdp, tensor), ("data", "fsdp", "tensor"))
+    caplog.clear()
+    monkeypatch.setattr(sharding, "_WARNED", set())
+    shardings = sharding.param_shardings(state, mesh)
+    placed = {tuple(p): (v.shape, s) for (p, v), (_, s) in zip(nnx.to_flat_state(state), nnx.to_flat_state(shardings))}
+    for shape, s in placed.values():
+      s.shard_shape(shape)  # raises where a sharded dimension is not divisible
+    assert placed[("text", "layers", 0, "mlp", "gate", "kernel")][1].spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert "text." not in caplog.text
+    assert ("visual.patch_embed.kernel" in caplog.text) == (cfg.vision.hidden_size % fsdp != 0), (fsdp, tensor)
+    assert ("visual.blocks.*.mlp.gate.bias" in caplog.text) == (cfg.vision.intermediate_size % tensor != 0), (fsdp, tensor)

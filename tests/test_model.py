@@ -90,6 +90,30 @@ def test_sharded_load_and_forward_on_8_devices(model, hf_dir):
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(model(inputs))[real], atol=1e-5)
 
 
+def test_a_mesh_that_does_not_divide_a_parameter_still_runs(caplog, monkeypatch):
+  """A vision MLP 60 wide on tensor=8 (as the 7B's 3420 on a 16 x 8 pod mesh): those weights are
+  replicated along `tensor`, a warning names them, and the sharded model computes the same."""
+  import dataclasses
+
+  from rewatch_jax.models import Qwen25VL, sharding
+  base = tiny_config()
+  cfg = base.replace(vision=dataclasses.replace(base.vision, intermediate_size=60))
+  model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+  batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [6]], seed=1)
+  inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
+  mesh = jax.make_mesh((1, 1, 8), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  monkeypatch.setattr(sharding, "_WARNED", set())
+  graphdef, state = nnx.split(model)
+  sharded = nnx.merge(graphdef, jax.device_put(state, sharding.param_shardings(state, mesh)))
+  assert "visual.blocks.*.mlp.gate.kernel (32, 60)" in caplog.text
+  assert sharded.visual.blocks[0].mlp.gate.kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  assert sharded.text.layers[0].mlp.gate.kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  with axis_rules(mesh):
+    got = nnx.jit(lambda m, x: m(x))(sharded, inputs)
+  real = batch["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(model(inputs))[real], atol=1e-5)
+
+
 def test_bf16_and_remat(hf_dir, model):
   cfg = model.config
   batch = make_batch(cfg, [[3, ("image", (1, 8, 8)), 4]], seed=2)
