@@ -1,4 +1,4 @@
-r"""SFT train step of a ~2B Qwen2.5-VL in bf16 on one GPU: ours (jitted, cuDNN flash attention in the
+r"""SFT train step of a ~2B Qwen2.5-VL computing in bf16 on one GPU: ours (jitted, cuDNN flash attention in the
 language model) against Hugging Face transformers + torch AdamW (SDPA attention), same config and
 inputs, each in its own process. Prints tokens/s, step time, compile time, peak device memory and
 MFU (model FLOPs from `rewatch_jax.train.metrics.train_flops` over the device's dense bf16 peak).
@@ -7,7 +7,10 @@ MFU (model FLOPs from `rewatch_jax.train.metrics.train_flops` over the device's 
 
 Model: Qwen2.5-1.5B's language model (28 x 1536, GQA 12/2, vocab 151,936, tied embeddings) under
 the released Qwen2.5-VL vision tower (32 x 1280, 112 px windows, 4 full-attention blocks): 2.2B
-parameters, bf16 weights and AdamW moments (the recipe's `param_dtype`). One example per step: a
+parameters; float32 master weights and AdamW moments with bf16 compute, as the recipes train (torch:
+fp32 weights under bf16 autocast, as HF Trainer's `bf16=True`); `--param_dtype bfloat16` trains bf16
+weights and moments on both sides, as the runs in RESULTS.md before 2026-11-30 did (at the recipes'
+learning rate such weights do not move: `sft.frozen_fraction`). One example per step: a
 32-frame 448x448 video (16,384 patches -> 4,096 visual tokens) in an 8,192-token sequence, the
 last 2,048 tokens trained. `jax_xla` is ours with the einsum attention, to show the kernel's share;
 `jax_unpadded` ours with `pad_mlp_to=1` (the vision MLP's 3420 units unpadded), to show that one's.
@@ -36,7 +39,7 @@ from model_forward import bench_config as small_config, make_inputs  # noqa: E40
 
 def model_config(args, attention: str):
   from rewatch_jax.models import ModelConfig, TextConfig, VisionConfig
-  runtime = dict(param_dtype="bfloat16", dtype="bfloat16", remat=args.remat, attention=attention,
+  runtime = dict(param_dtype=args.param_dtype, dtype="bfloat16", remat=args.remat, attention=attention,
                  pad_mlp_to=args.pad_mlp_to)
   if args.small:
     return small_config().replace(**runtime).validate()
@@ -117,12 +120,13 @@ def run_torch(args) -> dict:
   device = "cuda" if torch.cuda.is_available() else "cpu"
   cfg: ModelConfig = model_config(args, "xla")
   hf_cfg = transformers.Qwen2_5_VLConfig(**cfg.to_hf_dict())
+  weights = getattr(torch, args.param_dtype)
   with torch.device(device):
     model = transformers.Qwen2_5_VLForConditionalGeneration._from_config(
-        hf_cfg, dtype=torch.bfloat16, attn_implementation="sdpa").train()
+        hf_cfg, dtype=weights, attn_implementation="sdpa").train()
   raw, pos = example(cfg, args)
   batch = {k: torch.from_numpy(v).to(device) for k, v in raw.items()}
-  batch["pixel_values_videos"] = batch["pixel_values_videos"].to(torch.bfloat16)
+  batch["pixel_values_videos"] = batch["pixel_values_videos"].to(weights)
   labels = torch.full_like(batch["input_ids"], -100)
   labels[:, pos + 1] = batch["input_ids"][:, pos + 1]
   types = torch.zeros_like(batch["input_ids"])
@@ -131,7 +135,9 @@ def run_torch(args) -> dict:
 
   def step():
     opt.zero_grad(set_to_none=True)
-    model(**batch, mm_token_type_ids=types, labels=labels).loss.backward()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=weights != torch.bfloat16):
+      loss = model(**batch, mm_token_type_ids=types, labels=labels).loss
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     if device == "cuda":
@@ -151,6 +157,8 @@ def main():
   p.add_argument("--length", type=int, default=8192)
   p.add_argument("--trained", type=int, default=2048)
   p.add_argument("--remat", default="none")
+  p.add_argument("--param_dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="weights and AdamW moments (compute is bf16 either way)")
   p.add_argument("--pad_mlp_to", type=int, default=128, help="ModelConfig.pad_mlp_to of ours (1: off)")
   p.add_argument("--impls", default="jax,torch")
   p.add_argument("--small", action="store_true")

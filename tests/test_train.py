@@ -87,8 +87,9 @@ def test_one_compilation_for_many_steps_and_nonfinite_guard(prepared):
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_bf16_parameters_keep_their_dtypes_and_compile_once(prepared, accum):
-  """The recipes train bf16 weights with bf16 AdamW moments: a step must hand back the state with
-  the types it took (first seen on a GPU: fp32 gradients turned the moments fp32 -> a retrace)."""
+  """bf16 weights train with bf16 AdamW moments (an option; the recipes keep float32 masters): a step
+  must hand back the state with the types it took (first seen on a GPU: fp32 gradients turned the
+  moments fp32 -> a retrace)."""
   _, data_dir, _ = prepared
   c = small_config()
   c.model.param_dtype = c.model.dtype = "bfloat16"
@@ -100,6 +101,34 @@ def test_bf16_parameters_keep_their_dtypes_and_compile_once(prepared, accum):
     state, m = step(state, batch)
   assert jax.tree.map(lambda x: x.dtype, state) == types
   assert step._cache_size() == 1 and float(m["applied"]) == 1 and np.isfinite(float(m["loss"]))
+
+
+@pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
+def test_master_weights_move_at_the_recipe_learning_rate(prepared, param_dtype, capsys):
+  """At ReWatch's SFT learning rate, 1e-6, a step cannot move a bf16 weight of ordinary size (half
+  its spacing is larger), so bf16 parameters do not train; the recipes keep float32 master weights
+  and compute in bf16, and the trainer warns about the other case."""
+  from configs import sft_qwen2_5_vl_7b
+  recipe = sft_qwen2_5_vl_7b.get_config()
+  assert (recipe.model.param_dtype, recipe.model.dtype) == ("float32", "bfloat16")
+  _, data_dir, _ = prepared
+  c = small_config()
+  c.model.param_dtype, c.model.dtype = param_dtype, "bfloat16"
+  c.optimizer.update(learning_rate=1e-6, schedule="constant", warmup_steps=0)
+  mesh, state, step, it = _setup(c, data_dir, {"data": -1, "fsdp": 1, "tensor": 1})
+  frozen = sft.frozen_fraction(state["params"], 1e-6)
+  kernel = lambda s: np.asarray(s["params"]["text"]["layers"][0]["mlp"]["gate"]["kernel"][...], np.float32)
+  before = kernel(state)
+  batch, _ = pipeline.to_global(next(it), mesh)
+  state, m = step(state, batch)
+  moved = np.mean(kernel(state) != before)
+  assert float(m["applied"]) == 1
+  if param_dtype == "bfloat16":
+    assert frozen > 0.9 and moved < 0.1
+    sft._warn_if_updates_round_away(state["params"], 1e-6)
+    assert "Keep float32 master weights" in capsys.readouterr().out
+  else:
+    assert frozen == 0 and moved > 0.99
 
 
 def test_train_flops_count_the_model_matmuls():
