@@ -29,17 +29,30 @@ def _losses(workdir):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(prepared, tmp_path):
+@pytest.mark.parametrize("init", ["random", "hf"])
+def test_two_processes_match_one(prepared, tmp_path, init):
+  """`hf`: both start from a Hugging Face folder (the demo model's random weights exported), the
+  real-scale path: each process reads every tensor and places its shards on the global mesh."""
   _, data_dir, tokenizer = prepared
+  extra = []
+  if init == "hf":
+    hf_dir = str(tmp_path / "hf")
+    export = ("from configs import demo; from flax import nnx; from rewatch_jax import hf; "
+              "from rewatch_jax.models import ModelConfig, Qwen25VL; c = demo.get_config('sft'); "
+              f"hf.save_pretrained(Qwen25VL(ModelConfig.from_dict(c.model.to_dict()), rngs=nnx.Rngs(3)), {hf_dir!r})")
+    out = subprocess.run([sys.executable, "-c", export], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    extra = [f"--config.init_from_hf={hf_dir}"]
   single = str(tmp_path / "single")
-  out = subprocess.run(_cmd(single, data_dir, tokenizer), cwd=ROOT, env=_env(8), capture_output=True,
+  out = subprocess.run(_cmd(single, data_dir, tokenizer, extra), cwd=ROOT, env=_env(8), capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   multi = str(tmp_path / "multi")
-  procs = [subprocess.Popen(_cmd(multi, data_dir, tokenizer, [f"--coordinator_address=127.0.0.1:{port}",
+  procs = [subprocess.Popen(_cmd(multi, data_dir, tokenizer, [*extra, f"--coordinator_address=127.0.0.1:{port}",
                                                               "--num_processes=2", f"--process_id={i}"]),
                             cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
