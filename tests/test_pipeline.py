@@ -118,6 +118,25 @@ def test_bucket_overflow_is_named(data):
     next(iter(pipeline.sft_dataset(small, pc)))
 
 
+def test_training_batches_replace_examples_that_fit_no_bucket(data):
+  """A CoT example too long for the only bucket does not stop training (at real scale that would be
+  hours in, and again at the same batch after every resume): it becomes a zero-weight copy of the
+  shortest example that fits, listed under meta["unfit"], and the batch keeps its shape."""
+  short = pipeline.Bucket(length=200, patches=512, frame_block=64)
+  pc = pipeline.PipelineConfig(data_dir=data, batch_size=4, buckets=[short], weights={"qa": 4, "cot": 1},
+                               batch_by_task=False)
+  it = iter(pipeline.sft_dataset(pc, _cfg()))
+  unfit = 0
+  for _ in range(8):
+    b = next(it)
+    assert b["inputs"].input_ids.shape == (4, 200)
+    blank = b["loss_weights"].sum(1) == 0
+    assert blank.sum() == len(b["meta"]["unfit"]) and set(b["meta"]["unfit"]).isdisjoint(np.array(b["meta"]["id"])[~blank])
+    assert (b["task"][~blank] == 1).all()  # only QA fits 200 tokens: the CoT rows are stand-ins
+    unfit += len(b["meta"]["unfit"])
+  assert unfit > 0
+
+
 def test_batches_go_onto_the_mesh_and_through_the_model(data):
   mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   pc = pipeline.PipelineConfig(data_dir=data, batch_size=8, buckets=BUCKETS)

@@ -91,17 +91,30 @@ def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
 
 class Collate:
   """A list of examples -> one padded batch in the smallest bucket that fits them all.
-  Tensors go to the device; strings (ids, answers, captions) stay on the host under "meta"."""
+  Tensors go to the device; strings (ids, answers, captions) stay on the host under "meta".
 
-  def __init__(self, cfg: ModelConfig, buckets: Sequence[Bucket], pad_id: int):
+  `stand_in`: (training) an example that fits no bucket (too many tokens, trained tokens or frame
+  slots) is replaced by a copy of the shortest one that does, with nothing trained, and its id is
+  listed under meta["unfit"]; the batch keeps its shape, the run goes on (and a resumed run does
+  not stop at the same batch again). Without it (evaluation), or when nothing in the batch fits,
+  the batch raises."""
+
+  def __init__(self, cfg: ModelConfig, buckets: Sequence[Bucket], pad_id: int, stand_in: bool = False):
     self.cfg, self.buckets, self.pad_id = cfg, sorted(buckets, key=lambda b: (b.length, b.patches)), pad_id
+    self.stand_in = stand_in
 
   def __call__(self, examples: Sequence[dict]) -> dict[str, Any]:
+    fitting = [any(fits(e, b, self.cfg) for b in self.buckets) for e in examples]
+    unfit = [e["id"] for e, ok in zip(examples, fitting) if not ok]
+    if unfit and self.stand_in and any(fitting):
+      shortest = min((e for e, ok in zip(examples, fitting) if ok), key=lambda e: len(e["input_ids"]))
+      blank = dict(shortest, loss_mask=np.zeros_like(shortest["loss_mask"]))
+      examples = [e if ok else blank for e, ok in zip(examples, fitting)]
     bucket = next((b for b in self.buckets if all(fits(e, b, self.cfg) for e in examples)), None)
     if bucket is None:
-      worst = max(examples, key=lambda e: len(e["input_ids"]))
-      raise ValueError(f"example {worst['id']} ({len(worst['input_ids'])} tokens, grid "
-                       f"{worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}")
+      worst = next(e for e, ok in zip(examples, fitting) if not ok)
+      raise ValueError(f"example {worst['id']} ({len(worst['input_ids'])} tokens, {int(worst['loss_mask'].sum())} "
+                       f"trained, grid {worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}")
     n = len(examples)
     ids = np.full((n, bucket.length), self.pad_id, np.int64)
     attention = np.zeros((n, bucket.length), np.int64)
@@ -125,6 +138,7 @@ class Collate:
       loss_index[i, :len(pos)], loss_targets[i, :len(pos)], loss_weights[i, :len(pos)] = pos, ids[i, pos + 1], 1
     meta = {k: [e[k] for e in examples] for k in ("id", "answer", "caption", "question_type", "record")
             if k in examples[0]}
+    meta["unfit"] = unfit
     return dict(inputs=inputs, loss_index=loss_index, loss_targets=loss_targets, loss_weights=loss_weights,
                 task=np.stack([e["task"] for e in examples]), meta=meta)
 
@@ -145,10 +159,10 @@ class PipelineConfig:
   batch_by_task: bool = True
 
 
-def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool):
+def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool, stand_in: bool):
   """Batch (and prefetch) examples already mapped with ToExample."""
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2 * pc.batch_size))
-  it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id))
+  it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id, stand_in))
   if pc.workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
   return it
@@ -167,10 +181,10 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
            for i, t in enumerate(tasks)]
   weights = [pc.weights[t] for t in tasks]
   if not pc.batch_by_task:
-    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True)
+    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True, stand_in=True)
   # Each process takes every process_count-th example of each task's stream, so global batch k of
   # a task holds the same examples for any process count; the batch-level mix is deterministic.
-  collate = Collate(cfg, pc.buckets, pc.pad_id)
+  collate = Collate(cfg, pc.buckets, pc.pad_id, stand_in=True)
   batches = [_host_slice(p).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
              for p in parts]
   it = grain.MapDataset.mix(batches, weights).to_iter_dataset(
@@ -183,7 +197,7 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
   ds = source(pc.data_dir, "rl").shuffle(pc.seed).repeat()
-  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=True)
+  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=True, stand_in=False)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
@@ -193,7 +207,7 @@ def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
   ds = source(pc.data_dir, config)
   if shuffle_seed is not None:
     ds = ds.shuffle(shuffle_seed)
-  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=False)
+  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=False, stand_in=False)
 
 
 def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:

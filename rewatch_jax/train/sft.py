@@ -239,6 +239,9 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
     while step < config.total_steps:
       host = next(data)
       batch, meta = pipeline.to_global(host, mesh)
+      if meta["unfit"]:
+        print(f"step {step + 1}: examples {meta['unfit'][:8]} fit no bucket of data.buckets (tokens, trained tokens "
+              "or frame slots): not trained (zero-weight stand-ins); larger buckets keep them")
       profiler.before(step)
       with axis_rules(mesh):
         state, m = step_fn(state, batch)
