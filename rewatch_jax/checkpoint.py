@@ -96,9 +96,11 @@ class TrainCheckpointer:
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         train_meta=ocp.args.StandardSave(meta), data_iter=grain.checkpoint.CheckpointSave(data_iter)))
 
-  def restore_latest(self, state: dict, data_iter) -> dict | None:
+  def restore_latest(self, state: dict, data_iter) -> tuple[dict, bool] | None:
     """Restore the latest step into `state`'s structure and shardings (any device count) and the
-    data iterator in place; None when there is no checkpoint yet."""
+    data iterator in place: (state, True); None when there is no checkpoint yet. Grain keeps one
+    iterator state per process: when they were saved by another process count (a resized pod),
+    the iterator is left as it is and the flag is False (the trainer then reads on from the step)."""
     import grain
     step = self.manager.latest_step()
     if step is None:
@@ -106,12 +108,16 @@ class TrainCheckpointer:
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
     params, opt_state, meta = self._split(state)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-        train_meta=ocp.args.StandardRestore(abstract(meta)), data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    items = dict(params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+                 train_meta=ocp.args.StandardRestore(abstract(meta)))
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    same_processes = (epath.Path(self.manager.directory) / str(step) / "data_iter" / mine).exists()
+    if same_processes:
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
     new_params = jax.tree.map(lambda x: x, state["params"])
     nnx.replace_by_pure_dict(new_params, out["params"])
-    return dict(params=new_params, opt_state=out["opt_state"], **out["train_meta"])
+    return dict(params=new_params, opt_state=out["opt_state"], **out["train_meta"]), same_processes
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

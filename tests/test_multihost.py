@@ -3,6 +3,7 @@ mesh: per-step losses equal one process with 8 devices on the same data."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,3 +64,14 @@ def test_two_processes_match_one(prepared, tmp_path, init):
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for step in a:
     assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+  if init == "random":  # resume the two-process run at step 2 in one process (a resized pod)
+    resized = str(tmp_path / "resized")
+    shutil.copytree(multi, resized)
+    shutil.rmtree(os.path.join(resized, "checkpoints", "4"))
+    out = subprocess.run(_cmd(resized, data_dir, tokenizer), cwd=ROOT, env=_env(8), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "saved by another process count: reading on from global batch 2" in out.stdout
+    c = _losses(resized)  # steps 3 and 4 rewritten by the resumed run
+    for step in (3, 4):
+      assert abs(a[step] - c[step]) < 1e-5, (step, a[step], c[step])

@@ -80,6 +80,19 @@ def test_iterator_state_restores_exactly(data):
     np.testing.assert_array_equal(got["inputs"].pixel_values, want["inputs"].pixel_values)
 
 
+@pytest.mark.parametrize("by_task", [True, False])
+def test_sft_stream_starts_at_a_batch(data, by_task):
+  """`start=k` reads on from batch k of the same stream: how a run resumes on another process count."""
+  pc = _pc(data, batch_by_task=by_task)
+  fresh = iter(pipeline.sft_dataset(pc, _cfg()))
+  want = [next(fresh) for _ in range(5)][3:]
+  later = iter(pipeline.sft_dataset(pc, _cfg(), start=3))
+  for w in want:
+    got = next(later)
+    assert got["meta"]["id"] == w["meta"]["id"]
+    np.testing.assert_array_equal(got["inputs"].input_ids, w["inputs"].input_ids)
+
+
 def test_processes_read_disjoint_slices(data, monkeypatch):
   seen = []
   for i in range(2):

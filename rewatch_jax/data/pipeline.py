@@ -168,8 +168,11 @@ def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_rem
   return it
 
 
-def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
-  """Infinite, shuffled mixture of the SFT tasks with weight > 0."""
+def sft_dataset(pc: PipelineConfig, cfg: ModelConfig, start: int = 0) -> grain.IterDataset:
+  """Infinite, shuffled mixture of the SFT tasks with weight > 0, from this process's batch
+  `start` on: global batch k is the same for any process count, so a run resumed at step k on
+  another number of hosts reads on exactly where it stopped (the trainer's fallback where the
+  checkpoint's iterator states were saved by a different process count)."""
   tasks = [t for t in TASKS if pc.weights.get(t, 0) > 0]
   if not tasks:
     raise ValueError(f"no SFT task has a positive weight: {pc.weights}")
@@ -181,13 +184,14 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
            for i, t in enumerate(tasks)]
   weights = [pc.weights[t] for t in tasks]
   if not pc.batch_by_task:
-    return _finish(_host_slice(grain.MapDataset.mix(parts, weights)), pc, cfg, drop_remainder=True, stand_in=True)
+    examples = _host_slice(grain.MapDataset.mix(parts, weights))[start * pc.batch_size:]
+    return _finish(examples, pc, cfg, drop_remainder=True, stand_in=True)
   # Each process takes every process_count-th example of each task's stream, so global batch k of
   # a task holds the same examples for any process count; the batch-level mix is deterministic.
   collate = Collate(cfg, pc.buckets, pc.pad_id, stand_in=True)
   batches = [_host_slice(p).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
              for p in parts]
-  it = grain.MapDataset.mix(batches, weights).to_iter_dataset(
+  it = grain.MapDataset.mix(batches, weights)[start:].to_iter_dataset(
       grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_threads))
   if pc.workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))

@@ -224,8 +224,12 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints)
   restored = manager.restore_latest(state, data)
   if restored is not None:
-    state = jax.device_put(restored, state_shardings)
+    state = jax.device_put(restored[0], state_shardings)
   start = int(state["step"])
+  if restored is not None and not restored[1]:
+    print(f"resuming at step {start} on {jax.process_count()} processes; the data iterator states were saved by "
+          f"another process count: reading on from global batch {start}")
+    data = iter(pipeline.sft_dataset(pc, model.config, start=start))
 
   step_fn = jit_train_step(graphdef, tx, config.micro_batches, state_shardings)
   writer = M.MetricWriter(workdir if jax.process_index() == 0 else "")
