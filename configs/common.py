@@ -32,6 +32,9 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       workers=8,
       pad_id=151643,
       batch_by_task=True,  # one task per batch, so each fits its task's smallest bucket
+      # tasks drawn by weight x size: weights of 1 are ReWatch's concatenation of its three sets
+      # (one caption per video, 171k QA, 135k CoT), each example once an epoch; False: by weight alone
+      mix_by_size=True,
   ))
   # An optional first stage: `steps` steps of the same trainer on the `weights` task mix at
   # `batch_size` (0: data.batch_size), with its own checkpoints under <workdir>/pretrain; then the

@@ -41,7 +41,9 @@ def get_config(arg: str | None = None):
   c.data.batch_size, c.data.workers, c.data.pad_id = 8, 0, ids["<|endoftext|>"]
   # The perception questions stay in the mix as their own task: without them the recipe's other
   # tasks wear the pretrained read down (docs/training.md, eighth pass).
+  # Mixed by weight alone (not by size): the toy world has one caption and ~27 QA per video.
   c.data.weights.update(dict(caption=0.5, qa=1.0, cot=0.5, perception=1.0))
+  c.data.mix_by_size = False
   c.pretrain.steps = 700
   # One task per batch (data.batch_by_task), so each task's batches take its own bucket: direct
   # QA <= 183 tokens (<= 13 trained), captions <= 293 (<= 179), CoT <= 386 (<= 140); <= 4 frame

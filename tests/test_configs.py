@@ -71,6 +71,7 @@ def test_published_size_recipes_pad_mlps_for_accelerators():
   H200 step 1.19x, docs/model.md); their tiny variants, for CPUs, do not."""
   from configs import sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b
   for recipe in (sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b):
+    assert recipe.get_config().data.mix_by_size  # ReWatch's concatenation of its three sets
     assert recipe.get_config().model.pad_mlp_to == 128
     assert recipe.get_config("tiny").model.pad_mlp_to == 1
 

@@ -56,6 +56,18 @@ def test_sft_mixture_shapes_and_weights(data):
   assert tasks[1] > tasks[0] and tasks[1] > tasks[2] and len(tasks) == 3  # qa weighted 2:1:1
 
 
+def test_mixing_by_size_draws_each_example_equally_often(data):
+  """mix_by_size (the recipes): weights 1 draw tasks in proportion to their sizes (here 2 captions,
+  12 QA, 12 CoT), ReWatch's concatenation; without it, by weight alone."""
+  share = {}
+  for by_size in (True, False):
+    it = iter(pipeline.sft_dataset(_pc(data, weights={"caption": 1, "qa": 1, "cot": 1}, batch_by_task=False,
+                                       mix_by_size=by_size), _cfg()))
+    tasks = collections.Counter(t for _ in range(30) for t in next(it)["task"].tolist())
+    share[by_size] = tasks[0] / sum(tasks.values())
+  assert share[True] < 0.15 and 0.2 < share[False] < 0.45  # 2/26 = 0.08 against 1/3
+
+
 def test_perception_examples_count_as_their_own_task(data):
   """Perception examples are QA records; their losses are logged under the task they are drawn
   from, in either batching."""

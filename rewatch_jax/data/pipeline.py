@@ -157,6 +157,10 @@ class PipelineConfig:
   # unchanged) and so fits that task's smallest bucket: direct-answer QA is far shorter than CoT.
   # False: examples of all tasks share batches (each batch padded to its longest task's bucket).
   batch_by_task: bool = True
+  # True: a task is drawn in proportion to weight x its number of examples, so weights of 1 give
+  # ReWatch's concatenation (L_caption + L_QA + L_CoT over all the data: every example once an
+  # epoch, in expectation). False: in proportion to the weight alone.
+  mix_by_size: bool = False
 
 
 def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool, stand_in: bool):
@@ -180,9 +184,10 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig, start: int = 0) -> grain.I
   if unknown:
     raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
   # (lazy maps: an example is decoded only when this process reads it)
-  parts = [source(pc.data_dir, t).shuffle(pc.seed + i).repeat().map(ToExample(cfg, TASKS.index(t)))
-           for i, t in enumerate(tasks)]
-  weights = [pc.weights[t] for t in tasks]
+  sources = [source(pc.data_dir, t) for t in tasks]
+  parts = [src.shuffle(pc.seed + i).repeat().map(ToExample(cfg, TASKS.index(t)))
+           for i, (t, src) in enumerate(zip(tasks, sources))]
+  weights = [pc.weights[t] * (len(src) if pc.mix_by_size else 1) for t, src in zip(tasks, sources)]
   if not pc.batch_by_task:
     examples = _host_slice(grain.MapDataset.mix(parts, weights))[start * pc.batch_size:]
     return _finish(examples, pc, cfg, drop_remainder=True, stand_in=True)

@@ -218,7 +218,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   buckets = [pipeline.Bucket(**dict(b)) for b in dc.buckets]
   pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=global_batch // jax.process_count(), buckets=buckets,
                                weights=dict(dc.weights), seed=config.seed, workers=dc.workers,
-                               pad_id=dc.pad_id, batch_by_task=dc.batch_by_task)
+                               pad_id=dc.pad_id, batch_by_task=dc.batch_by_task, mix_by_size=dc.mix_by_size)
   data = iter(pipeline.sft_dataset(pc, model.config))
 
   manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints)
