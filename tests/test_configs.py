@@ -66,7 +66,7 @@ def test_demo_config_builds_a_valid_model_config():
   ModelConfig.from_dict(demo.get_config().model.to_dict())
 
 
-def test_published_size_recipes_pad_mlps_for_accelerators():
+def test_published_size_recipes_pad_mlps_and_mix_tasks_by_size():
   """The 3B/7B recipes compute MLP widths padded to multiples of 128 (the vision MLP's 3420: the
   H200 step 1.19x, docs/model.md); their tiny variants, for CPUs, do not."""
   from configs import sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b
