@@ -78,12 +78,16 @@ def make_optimizer(oc, total_steps: int, params) -> optax.GradientTransformation
   return clipped(optax.multi_transform({"text": adamw(1.0), "visual": adamw(scale)}, labels)), lr
 
 
+def _low_precision(params) -> list:
+  return [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.floating) and jnp.finfo(p.dtype).bits < 32]
+
+
 def frozen_fraction(params, learning_rate: float) -> float:
   """The fraction of all parameter elements that a step of `learning_rate` cannot move: in a
   16-bit dtype, half their spacing is larger (round to nearest). AdamW moves an element by at most
   about the learning rate, so those never train: at ReWatch's 1e-6, ~98% of a bf16 model's weights
   (|w| ~ 0.02 has spacing 1.2e-4). float32 elements always count as movable."""
-  low = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.floating) and jnp.finfo(p.dtype).bits < 32]
+  low = _low_precision(params)
   if not low:
     return 0.0
   stuck = lambda p: jnp.sum((jnp.nextafter(p, jnp.array(jnp.inf, p.dtype)) - p).astype(jnp.float32) > 2 * learning_rate)
@@ -94,7 +98,7 @@ def frozen_fraction(params, learning_rate: float) -> float:
 def _warn_if_updates_round_away(params, learning_rate: float) -> None:
   frozen = frozen_fraction(params, learning_rate)
   if frozen > 0.1:
-    dtype = next(p.dtype for p in jax.tree.leaves(params) if jnp.finfo(p.dtype).bits < 32)
+    dtype = _low_precision(params)[0].dtype
     print(f"warning: {frozen:.0%} of the parameters ({dtype}) cannot change by a step of learning_rate="
           f"{learning_rate:g} (it is below half their spacing: AdamW's updates round away). Keep float32 master "
           "weights, --config.model.param_dtype=float32; the model still computes in model.dtype")
