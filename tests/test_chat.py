@@ -36,6 +36,36 @@ def test_template_layout():
   assert text[spans[0][0]:spans[0][1]] == "<answer>C</answer><|im_end|>"
 
 
+# The chat template Qwen/Qwen2.5-VL-{3B,7B}-Instruct ship (chat_template.json), as transformers renders it.
+QWEN25_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in "
+    "messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string "
+    "%}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if "
+    "content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set image_count.value = "
+    "image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif "
+    "%}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content "
+    "%}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value "
+    "}}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ "
+    "content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt "
+    "%}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("mode, record, answer", [("direct", QA, True), ("thinking", COT, True),
+                                                  ("caption", CAP, True), ("thinking", COT, False)])
+def test_template_equals_the_released_one(mode, record, answer):
+  """Our rendering against Qwen2.5-VL's own template run by transformers (a video item then the
+  prompt in the user turn; the processor then expands the one <|video_pad|> to the video's tokens)."""
+  render_jinja_template = pytest.importorskip("transformers.utils.chat_template_utils").render_jinja_template
+  ours = chat.conversation(mode, record, duration=65, with_answer=answer)
+  theirs = [dict(m, content=[{"type": "video"}, {"type": "text", "text": m["content"].replace(chat.VIDEO, "")}])
+            if m["role"] == "user" else m for m in ours]
+  want = render_jinja_template(conversations=[theirs], chat_template=QWEN25_VL_TEMPLATE,
+                               add_generation_prompt=not answer)[0][0]
+  text, _ = chat.render(ours, video_tokens=5, add_generation_prompt=not answer)
+  assert text == want.replace("<|video_pad|>", "<|video_pad|>" * 5)
+
+
 @pytest.mark.parametrize("mode, record", [("direct", QA), ("thinking", COT), ("caption", CAP)])
 def test_loss_mask_is_the_assistant_span(tok, mode, record):
   enc = chat.encode(tok, chat.conversation(mode, record, duration=65), video_tokens=16)
