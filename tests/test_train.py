@@ -131,6 +131,24 @@ def test_master_weights_move_at_the_recipe_learning_rate(prepared, param_dtype, 
     assert frozen == 0 and moved > 0.99
 
 
+def test_state_size_per_device_and_the_early_memory_error(prepared):
+  """FSDP over 8 devices holds ~1/8 of the state on each, AdamW moments included (they were
+  replicated until 2026-11-30: jit(tx.init) gives zeros no sharding); a state larger than a
+  device's memory fails before compiling, naming the remedy."""
+  _, data_dir, _ = prepared
+  sizes = {}
+  for fsdp in (1, 8):
+    _, state, _, _ = _setup(small_config(), data_dir, {"data": 1, "fsdp": fsdp, "tensor": 1})
+    sizes[fsdp] = sft.state_bytes_per_device(state)
+    for param, mu in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"][1][0].mu)):
+      assert mu.sharding == param.sharding
+  total = sum(x.nbytes for x in jax.tree.leaves(state))
+  assert sizes[1] == total and total / 8 < sizes[8] < total / 5  # this tiny model's unsplit pieces: ~1/6
+  assert sft.check_state_fits(state, None).startswith("train state: ")
+  with pytest.raises(MemoryError, match="do not fit; shard them over more chips"):
+    sft.check_state_fits(state, sizes[8] - 1)
+
+
 def test_train_flops_count_the_model_matmuls():
   """metrics.train_flops (the MFU numerator) against XLA's own count of the forward pass, which
   computes the causal attention's query chunks (more than its causal half) and adds elementwise

@@ -9,6 +9,7 @@ or gradient is not finite is not applied (and the run stops after `max_bad_steps
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import time
 from typing import Any
@@ -182,14 +183,36 @@ def init_state(params, tx, mesh, seed: int):
   and its shardings, which the jitted step keeps so it compiles once per bucket."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   params = jax.device_put(params, param_shardings(params, mesh))  # whatever device they came from
-  opt_state = jax.jit(tx.init)(params)
-  opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
-                           else jax.device_put(x, replicated), opt_state)
+  # The moments' shardings are given, not left to XLA: jit(tx.init) alone makes them replicated
+  # (zeros carry no sharding), i.e. every device would hold both full moments (66 GB at 7B).
+  moments = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
+                                  jax.tree.map(lambda x: x.sharding, params),
+                                  transform_non_params=lambda _: replicated)
+  opt_state = jax.jit(tx.init, out_shardings=moments)(params)
   scalars = jax.device_put(dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
                                 bad_streak=jnp.zeros((), jnp.int32), max_bad_streak=jnp.zeros((), jnp.int32)),
                            replicated)
   state = dict(params=params, opt_state=opt_state, **scalars)
   return state, jax.tree.map(lambda x: x.sharding, state)
+
+
+def state_bytes_per_device(state) -> int:
+  """Bytes of the train state (parameters, optimizer moments, scalars) each device holds, from the
+  arrays' shardings (FSDP splits them evenly; replicated arrays count whole)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def check_state_fits(state, device_bytes: int | None) -> str:
+  """A line saying how much of a device the state takes; raises before any compilation where the
+  state alone exceeds the device's memory (activations come on top of it)."""
+  need = state_bytes_per_device(state)
+  line = f"train state: {need / 2**30:.2f} GiB per device"
+  if device_bytes:
+    line += f" of {device_bytes / 2**30:.1f} GiB"
+    if need > device_bytes:
+      raise MemoryError(f"{line}: the parameters and AdamW moments alone do not fit; shard them over more "
+                        "chips (config.mesh.fsdp), use a larger slice, or freeze the vision tower")
+  return line
 
 
 def jit_train_step(graphdef, tx, micro_batches: int, state_shardings):
@@ -218,6 +241,9 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   tx, lr_schedule = make_optimizer(config.optimizer, config.total_steps, params)
   _warn_if_updates_round_away(params, config.optimizer.learning_rate)
   state, state_shardings = init_state(params, tx, mesh, config.seed)
+  fits = check_state_fits(state, (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit"))
+  if jax.process_index() == 0:
+    print(fits)
 
   buckets = [pipeline.Bucket(**dict(b)) for b in dc.buckets]
   pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=global_batch // jax.process_count(), buckets=buckets,
