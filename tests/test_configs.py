@@ -67,8 +67,9 @@ def test_demo_config_builds_a_valid_model_config():
 
 
 def test_published_size_recipes_pad_mlps_and_mix_tasks_by_size():
-  """The 3B/7B recipes compute MLP widths padded to multiples of 128 (the vision MLP's 3420: the
-  H200 step 1.19x, docs/model.md); their tiny variants, for CPUs, do not."""
+  """The 3B/7B recipes draw tasks by weight x size (ReWatch's concatenation) and compute MLP widths
+  padded to multiples of 128 (the vision MLP's 3420: the H200 step 1.19x, docs/model.md); their
+  tiny variants, for CPUs, do not pad."""
   from configs import sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b
   for recipe in (sft_qwen2_5_vl_3b, sft_qwen2_5_vl_7b):
     assert recipe.get_config().data.mix_by_size  # ReWatch's concatenation of its three sets
