@@ -149,6 +149,17 @@ def test_state_size_per_device_and_the_early_memory_error(prepared):
     sft.check_state_fits(state, sizes[8] - 1)
 
 
+def test_a_batch_the_mesh_cannot_split_fails_at_start(prepared, tmp_path):
+  """4 examples over data x fsdp = 8 devices: named at start-up (it used to surface at the first
+  step as JAX's IndivisibleError, after the weights had loaded)."""
+  _, data_dir, _ = prepared
+  c = small_config()
+  c.data.dir, c.data.batch_size = data_dir, 4
+  c.mesh.update(data=1, fsdp=8, tensor=1)
+  with pytest.raises(ValueError, match="does not split over the mesh's batch axes .data x fsdp = 8"):
+    sft.train(c, str(tmp_path))
+
+
 def test_train_flops_count_the_model_matmuls():
   """metrics.train_flops (the MFU numerator) against XLA's own count of the forward pass, which
   computes the causal attention's query chunks (more than its causal half) and adds elementwise

@@ -25,6 +25,7 @@ from rewatch_jax.data.processor import frames_to_patches
 from rewatch_jax.models import positions as P
 from rewatch_jax.models.configs import ModelConfig
 from rewatch_jax.models.inputs import ModelInputs, from_hf_inputs
+from rewatch_jax.models.sharding import DEFAULT_RULES
 
 # ReWatch's three SFT tasks, then "perception": direct-answer QA on a chosen subset that needs no
 # binding (the toy world's backdrop questions), a task of its own so that a run can weight it
@@ -219,7 +220,10 @@ def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
   return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=False, stand_in=False)
 
 
-def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=("data", "fsdp")) -> dict[str, Any]:
+BATCH_AXES = dict(DEFAULT_RULES)["batch"]  # the mesh axes a batch's rows are split over: data, fsdp
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=BATCH_AXES) -> dict[str, Any]:
   """Where each batch array goes: batch dimension over the data axes (positions: dimension 1)."""
   spec = lambda *dims: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*dims))
   b = tuple(a for a in batch_axes if a in mesh.axis_names)

@@ -236,6 +236,11 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   if global_batch % jax.process_count() or global_batch % config.micro_batches:
     raise ValueError(f"data.batch_size {global_batch} must divide by processes ({jax.process_count()}) "
                      f"and micro_batches ({config.micro_batches})")
+  rows = math.prod(mesh.shape[a] for a in pipeline.BATCH_AXES if a in mesh.shape)
+  if global_batch % rows:  # checked before minutes of weight loading, not at the first step
+    raise ValueError(f"data.batch_size {global_batch} does not split over the mesh's batch axes (data x fsdp = "
+                     f"{rows} devices, each holding whole examples): use a multiple of {rows}, or shard over fewer "
+                     "chips with fsdp and the rest with --config.mesh.tensor")
   model = model if model is not None else build_model(config, mesh)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, lr_schedule = make_optimizer(config.optimizer, config.total_steps, params)
