@@ -147,6 +147,11 @@ def test_state_size_per_device_and_the_early_memory_error(prepared):
   assert sft.check_state_fits(state, None).startswith("train state: ")
   with pytest.raises(MemoryError, match="do not fit; shard them over more chips"):
     sft.check_state_fits(state, sizes[8] - 1)
+  mesh = make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  _, params, _ = nnx.split(sft.build_model(small_config(), mesh), nnx.Param, ...)
+  tx, _ = sft.make_optimizer(small_config().optimizer, 10, params)
+  with pytest.raises(MemoryError, match="do not fit"):  # raised before the moments are allocated
+    sft.init_state(params, tx, mesh, 0, sizes[8] // 2)
 
 
 def test_a_batch_the_mesh_cannot_split_fails_at_start(prepared, tmp_path):

@@ -178,16 +178,19 @@ def make_train_step(graphdef, tx, accum: int, num_tasks: int):
   return step
 
 
-def init_state(params, tx, mesh, seed: int):
+def init_state(params, tx, mesh, seed: int, device_bytes: int | None = None):
   """The train state (params, optimizer moments sharded like their params, replicated scalars)
-  and its shardings, which the jitted step keeps so it compiles once per bucket."""
+  and its shardings, which the jitted step keeps so it compiles once per bucket. Raises
+  MemoryError (check_state_fits) before allocating the moments where they cannot fit."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   params = jax.device_put(params, param_shardings(params, mesh))  # whatever device they came from
   # The moments' shardings are given, not left to XLA: jit(tx.init) alone makes them replicated
   # (zeros carry no sharding), i.e. every device would hold both full moments (66 GB at 7B).
-  moments = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
-                                  jax.tree.map(lambda x: x.sharding, params),
+  abstract = jax.eval_shape(tx.init, params)
+  moments = optax.tree_map_params(tx, lambda _, s: s, abstract, jax.tree.map(lambda x: x.sharding, params),
                                   transform_non_params=lambda _: replicated)
+  check_state_fits((params, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                         abstract, moments)), device_bytes)
   opt_state = jax.jit(tx.init, out_shardings=moments)(params)
   scalars = jax.device_put(dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
                                 bad_streak=jnp.zeros((), jnp.int32), max_bad_streak=jnp.zeros((), jnp.int32)),
@@ -197,14 +200,14 @@ def init_state(params, tx, mesh, seed: int):
 
 
 def state_bytes_per_device(state) -> int:
-  """Bytes of the train state (parameters, optimizer moments, scalars) each device holds, from the
-  arrays' shardings (FSDP splits them evenly; replicated arrays count whole)."""
+  """Bytes of the train state (parameters, optimizer moments, scalars; arrays or sharded
+  ShapeDtypeStructs) each device holds (FSDP splits them evenly; replicated arrays count whole)."""
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
 def check_state_fits(state, device_bytes: int | None) -> str:
-  """A line saying how much of a device the state takes; raises before any compilation where the
-  state alone exceeds the device's memory (activations come on top of it)."""
+  """A line saying how much of a device the state takes; raises where the state alone exceeds the
+  device's memory (activations come on top of it)."""
   need = state_bytes_per_device(state)
   line = f"train state: {need / 2**30:.2f} GiB per device"
   if device_bytes:
@@ -245,10 +248,10 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, lr_schedule = make_optimizer(config.optimizer, config.total_steps, params)
   _warn_if_updates_round_away(params, config.optimizer.learning_rate)
-  state, state_shardings = init_state(params, tx, mesh, config.seed)
-  fits = check_state_fits(state, (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit"))
+  device_bytes = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+  state, state_shardings = init_state(params, tx, mesh, config.seed, device_bytes)
   if jax.process_index() == 0:
-    print(fits)
+    print(check_state_fits(state, device_bytes))
 
   buckets = [pipeline.Bucket(**dict(b)) for b in dc.buckets]
   pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=global_batch // jax.process_count(), buckets=buckets,
