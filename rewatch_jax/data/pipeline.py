@@ -113,9 +113,11 @@ class Collate:
       examples = [e if ok else blank for e, ok in zip(examples, fitting)]
     bucket = next((b for b in self.buckets if all(fits(e, b, self.cfg) for e in examples)), None)
     if bucket is None:
-      worst = next(e for e, ok in zip(examples, fitting) if not ok)
+      # (or each fits some bucket but none holds them all: buckets that are not nested)
+      worst = next((e for e, ok in zip(examples, fitting) if not ok), max(examples, key=lambda e: len(e["input_ids"])))
       raise ValueError(f"example {worst['id']} ({len(worst['input_ids'])} tokens, {int(worst['loss_mask'].sum())} "
-                       f"trained, grid {worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}")
+                       f"trained, grid {worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}"
+                       + ("" if unfit else " together with the rest of its batch"))
     n = len(examples)
     ids = np.full((n, bucket.length), self.pad_id, np.int64)
     attention = np.zeros((n, bucket.length), np.int64)
