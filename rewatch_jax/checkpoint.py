@@ -21,6 +21,7 @@ from rewatch_jax.models import ModelConfig, Qwen25VL
 from rewatch_jax.models.sharding import DEFAULT_RULES, Rules, param_shardings
 
 CONFIG_FILE = "model_config.json"
+VIDEO_SPEC_FILE = "video_spec.json"  # the VideoSpec (and hash) of the data a training run read
 
 
 def write_model_config(directory: str, cfg: ModelConfig) -> None:
@@ -79,8 +80,10 @@ class TrainCheckpointer:
   as one step, asynchronously; the last `keep` are kept. Orbax finalises a step atomically, so a
   run killed at any moment resumes from the last complete one."""
 
-  def __init__(self, directory: str, model_config: ModelConfig, keep: int = 3):
+  def __init__(self, directory: str, model_config: ModelConfig, keep: int = 3, video_spec: dict | None = None):
     write_model_config(directory, model_config)
+    if video_spec and jax.process_index() == 0:  # what the frames it trained on were decoded with
+      (epath.Path(directory) / VIDEO_SPEC_FILE).write_text(json.dumps(video_spec, indent=2))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(epath.Path(directory).absolute(), options=options)
 

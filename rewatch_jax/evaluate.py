@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rewatch_jax.data import pipeline
+from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
 from rewatch_jax.sampling import greedy_generate
 
@@ -74,6 +74,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline
     if limit and n >= limit:
       break
   out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
+             **tfds_rewatch.video_spec_of(data_dir, [config_name]),
              truncated=truncated / max(n, 1), cut_off=cut_off,
              by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
              by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, predictions=predictions)

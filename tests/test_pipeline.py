@@ -191,6 +191,7 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
   assert seen["n"] == blind["n"] == swap["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
   assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
   assert swap["swapped"] == 1.0 and "swapped" not in seen  # one batch of 3 + 3 questions
+  assert seen["video_spec_hash"] == SPEC.hash  # the report says which frames it scored
   # the same prompts, different pixels: a random model's greedy tokens change
   assert [p["question"] for p in seen["predictions"]] == [p["question"] for p in blind["predictions"]]
   assert [p["response"] for p in seen["predictions"]] != [p["response"] for p in blind["predictions"]]

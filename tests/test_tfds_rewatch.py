@@ -1,5 +1,6 @@
 """Preparing ReWatch data into ArrayRecord (TFDS, no TensorFlow) and reading it back."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -93,6 +94,13 @@ def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   assert len(list((tmp_path / "video_store").glob("*.array_record"))) == 2
   with pytest.raises(FileNotFoundError, match="launch/prepare.py"):
     tfds_rewatch.data_sources(str(tmp_path), "cot")
+  # the VideoSpec the data was decoded with travels to checkpoints and reports; two specs in one
+  # run's data are refused
+  assert tfds_rewatch.video_spec_of(str(tmp_path), ["qa"])["video_spec_hash"] == SPEC.hash
+  other = dataclasses.replace(SPEC, fps=SPEC.fps / 2)
+  tfds_rewatch.prepare(str(tmp_path), "perception", recs[:2], str(toy), other)
+  with pytest.raises(ValueError, match="decoded with different VideoSpecs"):
+    tfds_rewatch.video_spec_of(str(tmp_path), ["qa", "perception"])
 
 
 def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):

@@ -17,6 +17,7 @@ from flax import nnx
 
 from rewatch_jax import checkpoint as ckpt
 from rewatch_jax.data import pipeline
+from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.models import ModelConfig, Qwen25VL, from_hf_inputs
 from rewatch_jax.train import sft
 from rewatch_jax.train.mesh import make_mesh
@@ -211,6 +212,8 @@ def test_train_writes_metrics_and_restores_on_another_device_count(prepared, tmp
   assert all(0 < r["mfu"] < 1 for r in rows)  # model FLOPs of each step's bucket over time and peak
   assert list((tmp_path / "tensorboard").iterdir())
   assert result.losses[-1] < result.losses[0]
+  spec = json.loads((tmp_path / "checkpoints" / ckpt.VIDEO_SPEC_FILE).read_text())  # what the frames were
+  assert spec["video_spec_hash"] == VideoSpec(**c.video_spec.to_dict()).hash
   # restore the final checkpoint's parameters onto 4 devices
   restored = ckpt.load_model(str(tmp_path / "checkpoints"), mesh=make_mesh({"data": 1, "fsdp": 4}, jax.devices()[:4]))
   a = restored.text.layers[1].self_attn.q_proj.kernel[...]

@@ -245,3 +245,14 @@ def data_sources(out_dir: str, config: str) -> tuple[list, dict]:
   if len(hashes) != 1:
     raise ValueError(f"shards of {out_dir}/{config} were prepared with different VideoSpecs: {hashes}")
   return sources, metas[0]
+
+
+def video_spec_of(out_dir: str, configs) -> dict:
+  """{"video_spec": ..., "video_spec_hash": ...} that the prepared `configs` under out_dir were
+  decoded with; raises where they differ (a model trained or scored on frames of two specs)."""
+  specs = {c: data_sources(out_dir, c)[1] for c in configs}
+  hashes = {c: m.get("video_spec_hash") for c, m in specs.items()}
+  if len(set(hashes.values())) != 1:
+    raise ValueError(f"the prepared configs under {out_dir} were decoded with different VideoSpecs: {hashes}")
+  meta = next(iter(specs.values()))
+  return {"video_spec": meta.get("video_spec"), "video_spec_hash": meta.get("video_spec_hash")}

@@ -80,6 +80,10 @@ def _evaluate(model, config, ablation: str = "", perception: set[str] = frozense
   result = evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
                     e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
                     limit=e.limit or None, ablation=ablation, seed=config.seed)
+  trained = tfds_rewatch.video_spec_of(config.data.dir, [t for t, w in config.data.weights.items() if w > 0])
+  if result["video_spec_hash"] != trained["video_spec_hash"]:  # the drift peers' users report most
+    print(f"warning: the evaluation data was decoded with VideoSpec {result['video_spec']}, the training data "
+          f"with {trained['video_spec']}: accuracy measured on other frames than the model learnt from")
   hits = [bool(p["correct"]) for p in result["predictions"] if p["id"] in perception]
   if hits:  # the accuracy on the perception questions alone
     result["perception"] = sum(hits) / len(hits)

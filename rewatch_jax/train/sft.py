@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from rewatch_jax import checkpoint as ckpt
-from rewatch_jax.data import pipeline
+from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
 from rewatch_jax.models.configs import RUNTIME_FIELDS
 from rewatch_jax.models.sharding import axis_rules, param_shardings
@@ -259,7 +259,8 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
                                pad_id=dc.pad_id, batch_by_task=dc.batch_by_task, mix_by_size=dc.mix_by_size)
   data = iter(pipeline.sft_dataset(pc, model.config))
 
-  manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints)
+  spec = tfds_rewatch.video_spec_of(dc.dir, [t for t, w in pc.weights.items() if w > 0])
+  manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints, video_spec=spec)
   restored = manager.restore_latest(state, data)
   if restored is not None:
     state = jax.device_put(restored[0], state_shardings)
