@@ -166,6 +166,22 @@ def test_a_batch_the_mesh_cannot_split_fails_at_start(prepared, tmp_path):
     sft.train(c, str(tmp_path))
 
 
+def test_evaluation_on_frames_of_another_videospec_is_flagged(prepared, monkeypatch, capsys):
+  """The driver compares the VideoSpec of the evaluated data with the training data's (the drift
+  video-RL users report most) and says so when they differ."""
+  from rewatch_jax import evaluate as E
+  from rewatch_jax.train import driver
+  _, data_dir, tokenizer = prepared
+  c = small_config()
+  c.data.dir, c.tokenizer = data_dir, tokenizer
+  trained = driver.tfds_rewatch.video_spec_of(data_dir, ["qa"])
+  for spec_hash, warned in ((trained["video_spec_hash"], False), ("another", True)):
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: dict(video_spec_hash=spec_hash, video_spec={}, predictions=[],
+                                                           cut_off=0, n=0))
+    driver._evaluate(None, c)
+    assert ("evaluation data was decoded with VideoSpec" in capsys.readouterr().out) == warned
+
+
 def test_train_flops_count_the_model_matmuls():
   """metrics.train_flops (the MFU numerator) against XLA's own count of the forward pass, which
   computes the causal attention's query chunks (more than its causal half) and adds elementwise

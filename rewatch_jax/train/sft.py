@@ -261,11 +261,11 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
 
   spec = tfds_rewatch.video_spec_of(dc.dir, [t for t, w in pc.weights.items() if w > 0])
   manager = ckpt.TrainCheckpointer(f"{workdir}/checkpoints", model.config, keep=config.keep_checkpoints, video_spec=spec)
-  restored = manager.restore_latest(state, data)
+  restored, iterator_restored = manager.restore_latest(state, data) or (None, True)
   if restored is not None:
-    state = jax.device_put(restored[0], state_shardings)
+    state = jax.device_put(restored, state_shardings)
   start = int(state["step"])
-  if restored is not None and not restored[1]:
+  if not iterator_restored:
     print(f"resuming at step {start} on {jax.process_count()} processes; the data iterator states were saved by "
           f"another process count: reading on from global batch {start}")
     data = iter(pipeline.sft_dataset(pc, model.config, start=start))
