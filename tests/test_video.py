@@ -99,6 +99,15 @@ def test_real_clips(name):
   assert v.spec_hash == spec.hash and abs(v.sample_fps - 2.0) < 0.15
 
 
+
+def test_frames_do_not_depend_on_decoder_threads():
+  """Prepare's workers decode with cores / processes threads each; the frames (and so the frame
+  cache and video store, which do not key on threads) must be the same for any count."""
+  path = os.path.join(_clips(), "bikes.mp4")  # B-frames: frame threading reorders the most work
+  one, three = load_video(path, threads=1), load_video(path, threads=3)
+  np.testing.assert_array_equal(one.frames, three.frames)
+  np.testing.assert_array_equal(one.timestamps, three.timestamps)
+
 def test_sampled_frames_are_the_right_frames():
   """Compare with an independent full decode (imageio-ffmpeg, to RGB with chroma interpolated at
   every pixel) resized with PIL: close enough to be the same frame through another scaler (scaling

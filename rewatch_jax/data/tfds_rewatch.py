@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from rewatch_jax.data import chat, records as R, video_store
 from rewatch_jax.data.processor import video_tokens
-from rewatch_jax.data.video import FrameCache, VideoSpec, file_digest, load_video
+from rewatch_jax.data.video import FrameCache, VideoSpec, cpu_cores, file_digest, load_video
 from rewatch_jax.models.configs import VisionConfig
 
 VERSION = "1.1.0"  # 1.1: frames in the shared video store, not in every example
@@ -73,7 +73,7 @@ def _decode(job_and_args):
   decoded, through `cache_dir`'s frame cache if one is given) and the conversations of its records.
   Returns (video key, the video encoded for the store or None if it is there, [(record id,
   example, error)]); a video that fails fails each of its records."""
-  job, config, spec, tokenizer_path, cache_dir, caption_text = job_and_args
+  job, config, spec, tokenizer_path, cache_dir, caption_text, threads = job_and_args
   try:
     digest = file_digest(job.path)
     key = video_store.video_key(digest, spec)
@@ -81,7 +81,10 @@ def _decode(job_and_args):
       head = _STORE.headers[key]
       frames_shape, duration, encoded = tuple(head["shape"]), head["duration"], None
     else:
-      video = FrameCache(cache_dir).load(job.path, spec, digest) if cache_dir else load_video(job.path, spec)
+      if cache_dir:
+        video = FrameCache(cache_dir).load(job.path, spec, digest, threads=threads)
+      else:
+        video = load_video(job.path, spec, threads=threads)
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
   except (ValueError, OSError) as e:  # VideoError is a ValueError
     return None, None, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
@@ -161,8 +164,10 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
         skipped.append({"id": rec.id, "video": rec.video, "error": str(e)})
         continue
       by_video.setdefault(path, []).append(rec)
+    # Several processes decode one video each at once: their decoders share the cores (0: all of them).
+    threads = max(1, cpu_cores() // self._processes) if self._processes > 1 else 0
     jobs = [(_Job(path, recs), config, self._spec, self._tokenizer, self._cache_dir,
-             self._captions.get(recs[0].video)) for path, recs in by_video.items()]
+             self._captions.get(recs[0].video), threads) for path, recs in by_video.items()]
     store = video_store.VideoStoreWriter(self._store_dir, f"{config}-{self._shard_index:05d}-of-{self._num_shards:05d}")
     written = stored = 0
     pool = None

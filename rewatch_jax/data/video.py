@@ -499,12 +499,23 @@ def _decode(path: str, select: np.ndarray, drop: np.ndarray | None, height: int,
   return frames, (pts if len(pts) == got else None)
 
 
+def cpu_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
 def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeout: float = 600.0) -> Video:
   """Decode `path` into the spec's frames. Raises VideoError (a ValueError) naming the file.
 
   `threads`: decoder threads; 0 = one per CPU core up to 8 (ffmpeg's own "auto" starts cores + 1,
-  which measurably slows small decodes on few cores; the filters run on one thread)."""
-  threads = threads or min(os.cpu_count() or 1, 8)
+  which measurably slows small decodes on few cores; the filters run on one thread). Where several
+  videos decode at once, give each cores / videos: one video per core with one thread each decodes
+  ~1.3-1.5x more frames per second on 2 cores than one video at a time with two frame threads
+  (benchmarks/RESULTS.md), and cores x processes threads oversubscribe."""
+  threads = threads or min(cpu_cores(), 8)
   path = os.fspath(path)
   info = probe(path, timeout)
   try:
@@ -560,8 +571,9 @@ class FrameCache:
   def _path(self, digest: str, spec: VideoSpec) -> str:
     return os.path.join(self.directory, digest[:2], f"{digest}-{spec.hash}-d{DECODER_VERSION}.npz")
 
-  def load(self, path: str, spec: VideoSpec = VideoSpec(), digest: str | None = None) -> Video:
-    """`digest`: the file's sha256 where the caller has it already (hashing a long video takes a while)."""
+  def load(self, path: str, spec: VideoSpec = VideoSpec(), digest: str | None = None, threads: int = 0) -> Video:
+    """`digest`: the file's sha256 where the caller has it already (hashing a long video takes a
+    while); `threads`: as load_video's."""
     _check_file(path)
     entry = self._path(digest or file_digest(path), spec)
     if os.path.exists(entry):
@@ -571,7 +583,7 @@ class FrameCache:
           return Video(frames=z["frames"], timestamps=z["timestamps"], path=path, **meta)
       except (OSError, ValueError, KeyError):
         os.remove(entry)  # a damaged entry is decoded again
-    video = load_video(path, spec)
+    video = load_video(path, spec, threads=threads)
     os.makedirs(os.path.dirname(entry), exist_ok=True)
     meta = dict(source_fps=video.source_fps, total_frames=video.total_frames,
                 duration=video.duration, spec_hash=video.spec_hash)
