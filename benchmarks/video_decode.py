@@ -13,7 +13,9 @@ one decoder thread each (how `launch/prepare.py --processes` decodes).
 Part 2: `tfds_rewatch.prepare` (decoding, tokenising, the video store) in videos/s with one process
 against one per core.
 Part 3: Grain SFT batches/s on prepared toy-world data against the tiny demo model's jitted
-forward+backward on the same batches: the input must never be the bottleneck (>= 5x).
+forward+backward on the same batches: the input must never be the bottleneck (>= 5x). Then the
+same pipeline at the 7B recipe's scale (192-frame videos, 16k-token bucket): host seconds per
+example against the chip seconds one example takes at 40% MFU (from counted FLOPs).
 """
 
 from __future__ import annotations
@@ -210,6 +212,40 @@ def pipeline_table(steps):
         it.close()
 
 
+def recipe_pipeline_table(steps):
+  """The host side at the 7B recipe's scale: SFT batches of 192-frame videos at ReWatch's spec in
+  the recipe's bucket (16k tokens, 96 x 576 patch slots), against the chip time one such example
+  takes, from counted FLOPs (`metrics.train_flops`, the bucket full) at 40% MFU. No model runs here."""
+  from rewatch_jax.data import pipeline, records as R, tfds_rewatch
+  from rewatch_jax.models import get_preset
+  from rewatch_jax.train import metrics
+  cfg = get_preset("7b")
+  bucket = pipeline.Bucket(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)
+  with tempfile.TemporaryDirectory() as tmp:
+    videos = os.path.join(tmp, "videos")
+    os.makedirs(videos)
+    names = [f"v{i}.mp4" for i in range(4)]
+    for i, name in enumerate(names):  # 100-121 s: 192 frames sampled at 2 fps
+      generated(videos, name, 100 + 7 * i, ("640x360", "1280x720")[i % 2], 30, "veryfast")
+    recs = [R.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
+                       question_type="object_recognition", id=f"q{i}-{j}") for i, n in enumerate(names) for j in range(4)]
+    tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, V.VideoSpec())
+    pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=2, buckets=[bucket], weights={"qa": 1.0})
+    it = iter(pipeline.sft_dataset(pc, cfg))
+    next(it)  # warm-up (files open)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      next(it)
+    host = (time.perf_counter() - t0) / (steps * pc.batch_size)
+  flops = metrics.train_flops(cfg, bucket.length, bucket.patches, bucket.loss_tokens, bucket.frame_block)
+  print(f"\nthe 7B recipe's SFT input ({bucket}, 192-frame videos at ReWatch's spec), in-process, batch 2")
+  print(f"host: {host:.3f} s per example on {V.cpu_cores()} cores; one example's forward+backward, "
+        f"{flops / 1e15:.2f} PFLOP at 40% MFU:")
+  for chip in ("TPU v5e", "TPU v5p", "NVIDIA H200"):
+    chip_s = flops / (0.4 * metrics.PEAK_FLOPS[chip])
+    print(f"  {chip:<12} {chip_s:6.2f} s per example per chip: the host keeps {chip_s / host:.0f} chips fed")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--repeats", type=int, default=3)
@@ -229,6 +265,7 @@ def main():
     from absl import flags
     flags.FLAGS.mark_as_parsed()
     pipeline_table(args.steps)
+    recipe_pipeline_table(args.steps // 2)
 
 
 if __name__ == "__main__":
