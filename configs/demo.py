@@ -56,7 +56,7 @@ def get_config(arg: str | None = None):
   # Evaluation prompts are direct-answer QA (<= 167 tokens). The longest answers ("it passes behind
   # the green circle") take 13 new tokens with the toy tokenizer; 10 cut every causal answer off.
   c.eval.update(dict(enabled=True, before=True, ablation="swap", batch_size=32, max_new_tokens=16,
-                     bucket=dict(length=192, patches=256, frame_block=64, loss_tokens=1)))
+                     buckets=[dict(length=192, patches=256, frame_block=64, loss_tokens=1)]))
   if arg == "sft":
     c.eval.enabled, c.pretrain.steps = False, 0
   elif arg:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +33,12 @@ from rewatch_jax.sampling import greedy_generate
 ABLATIONS = ("", "swap", "blank")
 
 
-def evaluate(model, data_dir: str, config_name: str, tokenizer, bucket: pipeline.Bucket, batch_size: int,
+def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequence[pipeline.Bucket], batch_size: int,
              max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
              ablation: str = "", seed: int = 0) -> dict:
   if ablation not in ABLATIONS:
     raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-  pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=[bucket], pad_id=pad_id)
+  pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=buckets, pad_id=pad_id)
   correct = parsed = n = swapped = truncated = cut_off = 0
   by_type = collections.defaultdict(lambda: [0, 0])
   by_form = collections.defaultdict(lambda: [0, 0])

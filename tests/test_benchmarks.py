@@ -102,3 +102,15 @@ def test_gpu_trace_report_names_the_hlo_op_of_each_kernel():
   gemm = next(line for line in lines if "cutlass_80" in line)
   assert "bf16[8,3420] <- (loop_add_fusion, w)" in gemm and "transpose(jvp())/dot_general" in gemm
   assert "bf16[8,16] <- (p0, p1) [jit(step)/add]" in next(line for line in lines if "loop_add_fusion_3" in line)
+
+
+@pytest.mark.slow
+def test_video_decode_benchmark_runs_its_pipeline_parts():
+  """(The decode part needs PyAV and decord, which are not test dependencies.)"""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "video_decode.py"), "--parts", "prepare", "pipeline",
+                        "recipe", "--quick", "--repeats", "1", "--steps", "2"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "videos/s" in out.stdout and "headroom" in out.stdout and "chips fed" in out.stdout

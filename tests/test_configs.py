@@ -77,6 +77,39 @@ def test_published_size_recipes_pad_mlps_and_mix_tasks_by_size():
     assert recipe.get_config("tiny").model.pad_mlp_to == 1
 
 
+@pytest.mark.parametrize("recipe_name", ["sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b"])
+def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
+  """Every video size (144-2200 px high, aspect 1:4 to 4:1, 2-192 frames) at the recipe's VideoSpec
+  fits a training and an evaluation bucket with 1536 tokens of text, and the usual source sizes
+  with 4096. A frame's patch slots depend on its aspect ratio (whole windows, padded): with one
+  576-slot bucket every 4:3 video fit none. (Text: small sources are scaled up to the spec's
+  equal min/max pixels, rounding up, to as many as 14,784 video tokens at 1:4.)"""
+  import importlib
+  import numpy as np
+  from rewatch_jax.data import pipeline, video as V
+  c = importlib.import_module(f"configs.{recipe_name}").get_config()
+  spec, cfg = V.VideoSpec(**c.video_spec.to_dict()), ModelConfig.from_dict(c.model.to_dict())
+  train = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
+  evaluation = [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]
+  p, m = cfg.vision.patch_size, cfg.vision.spatial_merge_size
+
+  def check(height, width, frames, text):
+    h, w = V.frame_size(spec, height, width, frames)
+    grid = np.array([-(-frames // 2), h // p, w // p])
+    ex = dict(video_grid_thw=grid, input_ids=np.zeros(int(grid.prod()) // (m * m) + text), loss_mask=np.ones(4, bool))
+    prompt = dict(ex, loss_mask=np.zeros(4, bool))  # evaluation examples are prompts: nothing trained
+    assert any(pipeline.fits(ex, b, cfg) for b in train), (height, width, frames, h, w)
+    assert any(pipeline.fits(prompt, b, cfg) for b in evaluation), (height, width, frames, h, w)
+
+  for frames in (192, 40, 2):
+    for height in range(144, 2200, 40):
+      for aspect in np.linspace(0.25, 4.0, 45):
+        check(height, int(height * aspect), frames, text=1536)
+    for height, width in ((1080, 1920), (720, 1280), (480, 640), (480, 720), (1080, 1440), (1920, 1080),
+                          (1080, 1080), (1080, 2560), (2160, 3840), (576, 720)):
+      check(height, width, frames, text=4096)
+
+
 # Parameter counts of the released checkpoints (Qwen/Qwen2.5-VL-{3B,7B}-Instruct model cards).
 PUBLISHED_PARAMS = {"3b": 3_754_622_976, "7b": 8_292_166_656}
 

@@ -183,7 +183,7 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
   fed = []  # the pixel rows each generation saw
   generate = E.greedy_generate
   monkeypatch.setattr(E, "greedy_generate", lambda m, x, *a: fed.append(np.asarray(x.pixel_values)) or generate(m, x, *a))
-  run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[0], batch_size=6,
+  run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[:1], batch_size=6,
                                   max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, ablation=ablation)
   seen, blind, swap = run(""), run("blank"), run("swap")
   assert fed[0].dtype == np.uint8 and fed[0].any()  # the pipeline's raw rows, normalised by the model

@@ -513,7 +513,7 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
   `threads`: decoder threads; 0 = one per CPU core up to 8 (ffmpeg's own "auto" starts cores + 1,
   which measurably slows small decodes on few cores; the filters run on one thread). Where several
   videos decode at once, give each cores / videos: one video per core with one thread each decodes
-  ~1.3-1.5x more frames per second on 2 cores than one video at a time with two frame threads
+  1.2-1.5x more frames per second on 2 cores than one video at a time with two frame threads
   (benchmarks/RESULTS.md), and cores x processes threads oversubscribe."""
   threads = threads or min(cpu_cores(), 8)
   path = os.fspath(path)

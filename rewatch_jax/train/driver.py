@@ -77,7 +77,8 @@ def _evaluate(model, config, ablation: str = "", perception: set[str] = frozense
   from rewatch_jax.evaluate import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
-  result = evaluate(model, e.dir or config.data.dir, e.config, tok, pipeline.Bucket(**dict(e.bucket)), e.batch_size,
+  buckets = [pipeline.Bucket(**dict(b)) for b in e.buckets]
+  result = evaluate(model, e.dir or config.data.dir, e.config, tok, buckets, e.batch_size,
                     e.max_new_tokens, eos_id=config.model.eos_token_id, pad_id=config.data.pad_id,
                     limit=e.limit or None, ablation=ablation, seed=config.seed)
   trained = tfds_rewatch.video_spec_of(config.data.dir, [t for t, w in config.data.weights.items() if w > 0])
