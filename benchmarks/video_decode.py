@@ -217,11 +217,13 @@ def recipe_pipeline_table(steps, quick=False):
   """The host side at the 7B recipe's scale: SFT batches of 192-frame videos at ReWatch's spec in
   the recipe's bucket (16k tokens, 96 x 576 patch slots), against the chip time one such example
   takes, from counted FLOPs (`metrics.train_flops`, the bucket full) at 40% MFU. No model runs here."""
+  from configs.common import video_buckets
   from rewatch_jax.data import pipeline, records as R, tfds_rewatch
   from rewatch_jax.models import get_preset
   from rewatch_jax.train import metrics
   cfg = get_preset("7b")
-  bucket = pipeline.Bucket(length=16384, patches=96 * 576, frame_block=576, loss_tokens=4096)
+  buckets = [pipeline.Bucket(**b) for b in video_buckets(loss_tokens=4096)]
+  bucket = buckets[0]  # 16:9 frames' (the FLOPs below)
   with tempfile.TemporaryDirectory() as tmp:
     videos = os.path.join(tmp, "videos")
     os.makedirs(videos)
@@ -232,7 +234,7 @@ def recipe_pipeline_table(steps, quick=False):
     recs = [R.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
                        question_type="object_recognition", id=f"q{i}-{j}") for i, n in enumerate(names) for j in range(4)]
     tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, V.VideoSpec())
-    pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=2, buckets=[bucket], weights={"qa": 1.0})
+    pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=2, buckets=buckets, weights={"qa": 1.0})
     it = iter(pipeline.sft_dataset(pc, cfg))
     next(it)  # warm-up (files open)
     t0 = time.perf_counter()
