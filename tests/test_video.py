@@ -100,6 +100,23 @@ def test_real_clips(name):
 
 
 
+@pytest.mark.parametrize("header", ["MP4 header", "ffmpeg's probe"])
+def test_rotated_videos_decode_upright(tmp_path, monkeypatch, header):
+  """A phone video stores landscape pictures and a 90-degree display matrix; ffmpeg turns the
+  frames upright, so the probe must swap width and height too, on either path, or the frames come
+  out squeezed into the stored aspect."""
+  plain = make_video(tmp_path / "plain.mp4", seconds=2.0, size="128x72", fps=10)
+  rotated = str(tmp_path / "rotated.mp4")
+  _ffmpeg("-display_rotation", "90", "-i", plain, "-c", "copy", rotated)
+  if header == "ffmpeg's probe":
+    monkeypatch.setattr(V, "_mp4_probe", lambda path: None)
+  info = V.probe(rotated)
+  assert (info.width, info.height) == (72, 128)
+  upright, stored = load_video(rotated).frames, load_video(plain).frames
+  assert upright.shape[1:3] == stored.shape[2:0:-1]
+  assert np.abs(np.rot90(stored, 1, axes=(1, 2)).astype(int) - upright).mean() < 0.5
+
+
 def test_frames_do_not_depend_on_decoder_threads():
   """Prepare's workers decode with cores / processes threads each; the frames (and so the frame
   cache and video store, which do not key on threads) must be the same for any count."""

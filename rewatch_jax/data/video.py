@@ -145,6 +145,7 @@ _STREAM = re.compile(r"Stream #\S+: Video: .*?, (\d{2,5})x(\d{2,5})[, ].*?(?:([\
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _FRAMES = re.compile(r"frame=\s*(\d+)")
 _PTS = re.compile(r"n:\s*(\d+) .*?pts_time:([-\d.e]+)")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +400,11 @@ def _ffmpeg_probe(path: str, timeout: float = 60.0) -> Probe:
   if out.returncode != 0:
     raise VideoError(f"{path}: ffmpeg failed to demux the video stream ({_last_error(err)})")
   width, height = int(stream.group(1)), int(stream.group(2))
+  block = err[stream.start():]
+  end = block.find("Stream #", 1)  # the video stream's lines only
+  rotation = _ROTATION.search(block if end < 0 else block[:end])  # its display matrix (phone videos)
+  if rotation and round(float(rotation.group(1))) % 180 == 90:  # ffmpeg autorotates: frames come out transposed
+    width, height = height, width
   fps = float(stream.group(3) or stream.group(4))
   frames = [int(x) for x in _FRAMES.findall(err)]
   total = frames[-1] if frames else 0
@@ -555,8 +561,9 @@ def file_digest(path: str, chunk: int = 1 << 22) -> str:
 
 
 # Bump when load_video returns other pixels for the same file and spec (2: scaling into planar
-# RGB), so that no FrameCache serves frames of an older decoder.
-DECODER_VERSION = 2
+# RGB; 3: rotated videos that ffmpeg probes, not the MP4 header, no longer squeezed into the
+# stored aspect), so that no FrameCache or video store serves frames of an older decoder.
+DECODER_VERSION = 3
 
 
 class FrameCache:
