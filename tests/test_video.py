@@ -100,6 +100,24 @@ def test_real_clips(name):
 
 
 
+@pytest.mark.parametrize("codec, container", [("libvpx-vp9", "webm"), ("libx265", "mkv"), ("libaom-av1", "mkv"),
+                                              ("mpeg4", "avi"), ("libx264", "mov"), ("libx264 10-bit", "mp4")])
+def test_other_codecs_and_containers(tmp_path, codec, container):
+  """What video datasets hold besides 8-bit H.264 MP4: every one decodes to the frames and times of
+  the same picture source encoded as our reference H.264 (lossy codecs: close, not equal)."""
+  source = ["-f", "lavfi", "-i", "testsrc2=duration=3:size=160x90:rate=25"]
+  ref = str(tmp_path / "ref.mp4")
+  _ffmpeg(*source, "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", ref)
+  name, *bits = codec.split()
+  extra = ["-cpu-used", "8"] if name == "libaom-av1" else []
+  path = str(tmp_path / f"v.{container}")
+  _ffmpeg(*source, "-c:v", name, *extra, "-pix_fmt", "yuv420p10le" if bits else "yuv420p", path)
+  got, want = load_video(path), load_video(ref)
+  assert got.frames.shape == want.frames.shape
+  np.testing.assert_allclose(got.timestamps, want.timestamps, atol=0.021)
+  assert np.abs(got.frames.astype(int) - want.frames).mean() < 8
+
+
 @pytest.mark.parametrize("header", ["MP4 header", "ffmpeg's probe"])
 def test_rotated_videos_decode_upright(tmp_path, monkeypatch, header):
   """A phone video stores landscape pictures and a 90-degree display matrix; ffmpeg turns the
