@@ -77,6 +77,26 @@ def test_export_reload_in_transformers(models, tmp_path):
                                 np.asarray(ours.text.layers[0].self_attn.q_proj.kernel[...]))
 
 
+def test_bf16_checkpoints_load(models, tmp_path):
+  """The released Qwen2.5-VL checkpoints store BF16 tensors (safetensors' numpy reader makes them
+  only once ml_dtypes, which jax imports, has registered the dtype): a torch bf16 save_pretrained
+  loads, into float32 (exactly: the logits of the same bf16-rounded weights in HF at 1e-4) and into
+  bfloat16 parameters."""
+  import copy
+  ref = copy.deepcopy(models[0]).to(torch.bfloat16)
+  ref.save_pretrained(tmp_path)
+  assert '"BF16"' in next(tmp_path.glob("*.safetensors")).read_bytes()[:100_000].decode("latin-1")
+  ours = hf.load_pretrained(str(tmp_path))
+  batch = make_batch(ours.config, CASES["mixed_batch"], seed=4)
+  real = batch["attention_mask"].astype(bool)
+  expected = hf_logits(ref.float(), batch, position_ids=from_hf_inputs(ours.config, **batch).positions)
+  assert np.abs(forward_hf_inputs(ours, **batch) - expected)[real].max() <= 1e-4
+  half = hf.load_pretrained(str(tmp_path), dtype="bfloat16")
+  kernel = half.text.layers[0].self_attn.q_proj.kernel[...]
+  assert kernel.dtype == np.dtype("bfloat16")
+  np.testing.assert_array_equal(np.asarray(kernel, np.float32), np.asarray(ours.text.layers[0].self_attn.q_proj.kernel[...]))
+
+
 def test_tied_embeddings_roundtrip(tmp_path):
   cfg = tiny_config()
   cfg = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "tie_word_embeddings": True}))
