@@ -11,6 +11,9 @@ r"""Prepare datasets.
       cot, perception, rl, qa_eval), and OUT/video_store/ with each video's decoded frames once
       for every record and config. Bad videos are skipped and listed in prepare_report.json
       (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
+      --records_format=rewatch reads the released ReWatch JSON files instead (--records qa.json
+      for qa/qa_eval/perception/rl, cot.json for cot, caption.json for caption and --captions),
+      --records_format=video_r1 Video-R1's (videos only; its image records are left out).
 """
 
 import os
@@ -26,7 +29,10 @@ flags.DEFINE_integer("toyworld", None, "Number of toy-world videos to generate."
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_integer("seed", 0, "First toy-world seed (video i uses seed + i).")
 flags.DEFINE_float("test_fraction", 0.2, "Share of toy-world videos held out as the test split.")
-flags.DEFINE_string("records", None, "JSONL records to prepare.")
+flags.DEFINE_string("records", None, "Records to prepare (JSONL, or see --records_format).")
+flags.DEFINE_enum("records_format", "jsonl", ["jsonl", "rewatch", "video_r1"],
+                  "jsonl: ours (rewatch_jax/data/records.py); rewatch: the released ReWatch JSON files; "
+                  "video_r1: Video-R1's JSON (problem, solution, path).")
 flags.DEFINE_string("videos", None, "Video root that record paths are relative to.")
 flags.DEFINE_enum("config", None, ["caption", "qa", "cot", "perception", "rl", "qa_eval"],
                   "Which prepared dataset to build.")
@@ -47,6 +53,21 @@ flags.DEFINE_integer("max_pixels", 128 * 28 * 28, "VideoSpec: most pixels per fr
 flags.DEFINE_integer("total_pixels", 12288 * 28 * 28, "VideoSpec: most pixels per video.")
 
 
+def _read(path: str, kind: str) -> list:
+  """Records of `path` in --records_format (`kind`: which released ReWatch file it is)."""
+  from rewatch_jax.data import records
+  if FLAGS.records_format == "rewatch":
+    return records.import_rewatch(path, kind)
+  if FLAGS.records_format == "video_r1":
+    if kind != "qa":
+      raise app.UsageError("Video-R1 files hold QA: use them with the qa, qa_eval, perception or rl config")
+    return records.import_video_r1(path)
+  if path.endswith(".json"):
+    raise app.UsageError(f"{path} is JSON, not JSONL: released ReWatch or Video-R1 files need "
+                         "--records_format=rewatch or video_r1")
+  return list(records.read_jsonl(path))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -64,12 +85,13 @@ def main(argv):
     return
   if not (FLAGS.records and FLAGS.videos and FLAGS.config):
     raise app.UsageError("give --toyworld N, or --records, --videos and --config")
-  from rewatch_jax.data import records, tfds_rewatch
+  from rewatch_jax.data import tfds_rewatch
   from rewatch_jax.data.video import VideoSpec
   spec = VideoSpec(fps=FLAGS.fps, max_frames=FLAGS.max_frames, min_pixels=FLAGS.min_pixels,
                    max_pixels=FLAGS.max_pixels, total_pixels=FLAGS.total_pixels)
-  recs = list(records.read_jsonl(FLAGS.records))
-  caps = [r for r in records.read_jsonl(FLAGS.captions)] if FLAGS.captions else []
+  recs = _read(FLAGS.records, {"caption": "caption", "cot": "cot"}.get(FLAGS.config, "qa"))
+  caps = _read(FLAGS.captions, "caption") if FLAGS.captions else []
+  print(f"read {len(recs)} records from {FLAGS.records} ({FLAGS.records_format})")
   report = tfds_rewatch.prepare(
       FLAGS.out, FLAGS.config, recs, FLAGS.videos, spec, captions=caps, tokenizer=FLAGS.tokenizer,
       cache_dir=FLAGS.cache_dir, on_error=FLAGS.on_error, processes=FLAGS.processes,

@@ -112,6 +112,35 @@ def test_prepare_records_into_array_record(tmp_path):
   assert out.returncode != 0 and "--records, --videos and --config" in out.stderr
 
 
+def test_prepare_reads_released_rewatch_and_video_r1_files(tmp_path):
+  """Users train on data they have: the released ReWatch JSON and Video-R1's (whose image records
+  are left out), straight from launch/prepare.py."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda *a: subprocess.run([sys.executable, "launch/prepare.py", *a], cwd=ROOT, capture_output=True,
+                                  text=True, env=env, timeout=600)
+  assert run("--toyworld", "1", "--out", str(tmp_path / "toy"), "--test_fraction", "0").returncode == 0
+  video = sorted((tmp_path / "toy" / "videos").glob("*.mp4"))[0].name
+  released = [{"source": "videos", "video_path": video, "question": "What moves first?", "answer": "a circle",
+               "question_type": "Event Localization"}]
+  r1 = [{"problem": "Which shape?", "problem_type": "multiple choice", "options": ["A. circle", "B. square"],
+         "solution": "<answer>A</answer>", "path": f"./videos/{video}", "data_type": "video"},
+        {"problem": "What is in the image?", "problem_type": "free-form", "solution": "<answer>a cat</answer>",
+         "path": "./Image/cat.jpg", "data_type": "image"}]
+  (tmp_path / "qa.json").write_text(json.dumps(released))
+  (tmp_path / "r1.json").write_text(json.dumps(r1))
+  small = ("--max_frames", "4", "--min_pixels", "3136", "--max_pixels", "3136", "--videos", str(tmp_path / "toy"))
+  out = run("--records", str(tmp_path / "qa.json"), "--records_format", "rewatch", "--out", str(tmp_path / "a"),
+            "--config", "qa", *small)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "read 1 records" in out.stdout and "qa: wrote 1 of 1 records" in out.stdout
+  out = run("--records", str(tmp_path / "r1.json"), "--records_format", "video_r1", "--out", str(tmp_path / "b"),
+            "--config", "qa", *small)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "qa: wrote 1 of 1 records" in out.stdout and "left out 1 image records of 2" in out.stderr
+  out = run("--records", str(tmp_path / "qa.json"), "--out", str(tmp_path / "c"), "--config", "qa", *small)
+  assert out.returncode != 0 and "--records_format=rewatch or video_r1" in out.stderr
+
+
 def test_sweep_dry_run_and_tpu_pod_command():
   out = subprocess.run([sys.executable, "launch/sweep.py", "--config", "configs/sft_qwen2_5_vl_7b.py",
                         "--workdir", "gs://b/sweep", "--tpu", "pod-1", "--zone", "us-east5-a"],

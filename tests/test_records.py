@@ -101,7 +101,9 @@ def test_import_video_r1(tmp_path):
   items = [{"problem": "What is shown?", "problem_type": "multiple choice", "options": ["A. cat", "B. dog"],
             "solution": "<answer>B</answer>", "path": "./Video-R1/videos/1.mp4", "data_source": "LLaVA"},
            {"problem": "Read the sign.", "problem_type": "OCR", "solution": "<answer>STOP</answer>",
-            "path": "2.mp4"}]
+            "path": "2.mp4"},
+           {"problem": "What is in the image?", "problem_type": "free-form", "solution": "<answer>a cat</answer>",
+            "path": "./Image/cat.jpg", "data_type": "image"}]  # Video-R1-260k mixes images in: left out
   (tmp_path / "r1.json").write_text(json.dumps(items))
   a, b = R.import_video_r1(str(tmp_path / "r1.json"))
   assert (a.form, a.answer, a.question_type, a.video) == ("mc", "B", "other", "Video-R1/videos/1.mp4")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -300,14 +301,23 @@ def import_rewatch(path: str, kind: str, model: str = "") -> list[Record]:
   return out
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
 def import_video_r1(path: str) -> list[QARecord]:
   """Video-R1-style records: problem, problem_type, options, solution `<answer>X</answer>`, path.
   Its problem types map to ReWatch's where they coincide (OCR -> reading, numerical/regression
-  -> numerical); the rest (multiple choice, free-form) become 'other'."""
+  -> numerical); the rest (multiple choice, free-form) become 'other'. Image records (Video-R1-260k
+  mixes them in: `data_type` "image", or an image file) are left out, with a warning: this
+  pipeline trains on videos."""
   with open(path) as f:
     items = json.load(f)
-  out = []
+  out, images = [], 0
   for i, item in enumerate(items):
+    if isinstance(item, dict) and (item.get("data_type") == "image"
+                                   or str(item.get("path", "")).lower().endswith(_IMAGE_SUFFIXES)):
+      images += 1
+      continue
     try:
       qtype = _normalise_type(item.get("problem_type", ""))
       fields = _qa_fields(item, qtype if qtype in ("reading", "numerical") else "other")
@@ -317,4 +327,6 @@ def import_video_r1(path: str) -> list[QARecord]:
       raise RecordError(f"{path}[{i}]: missing or malformed field {e}") from None
     except RecordError as e:
       raise RecordError(f"{path}[{i}]: {e}") from None
+  if images:
+    logging.getLogger(__name__).warning("%s: left out %d image records of %d (videos only)", path, images, len(items))
   return out
