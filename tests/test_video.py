@@ -135,6 +135,17 @@ def test_rotated_videos_decode_upright(tmp_path, monkeypatch, header):
   assert np.abs(np.rot90(stored, 1, axes=(1, 2)).astype(int) - upright).mean() < 0.5
 
 
+def test_decode_timeout_grows_with_the_video(tmp_path, monkeypatch):
+  """A fixed limit would skip long videos (hour-long benchmarks) that decode slowly but surely."""
+  path = make_video(tmp_path / "v.mp4", seconds=30.0, size="32x32", fps=2)
+  limits, real = [], V._run
+  monkeypatch.setattr(V, "_run", lambda args, p, timeout: limits.append(timeout) or real(args, p, timeout))
+  load_video(path, timeout=5.0)
+  assert limits and all(t == pytest.approx(35.0) for t in limits)
+  with pytest.raises(VideoError, match="timed out"):  # and the limit still bites
+    load_video(path, timeout=0.01 - 30.0)  # 0.01 s for the decode of the 30 s video
+
+
 def test_frames_do_not_depend_on_decoder_threads():
   """Prepare's workers decode with cores / processes threads each; the frames (and so the frame
   cache and video store, which do not key on threads) must be the same for any count."""

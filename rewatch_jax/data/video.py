@@ -520,10 +520,13 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
   which measurably slows small decodes on few cores; the filters run on one thread). Where several
   videos decode at once, give each cores / videos: one video per core with one thread each decodes
   1.2-1.5x more frames per second on 2 cores than one video at a time with two frame threads
-  (benchmarks/RESULTS.md), and cores x processes threads oversubscribe."""
+  (benchmarks/RESULTS.md), and cores x processes threads oversubscribe.
+  `timeout`: seconds for the probe, and for each decode plus one per second of video (an hour-long
+  video, as in LVBench, can take many minutes on one thread: a hang is caught, a long video not)."""
   threads = threads or min(cpu_cores(), 8)
   path = os.fspath(path)
   info = probe(path, timeout)
+  timeout += info.duration
   try:
     n = smart_nframes(spec, info.total_frames, info.fps)
     height, width = frame_size(spec, info.height, info.width, n)
