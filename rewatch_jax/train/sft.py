@@ -162,7 +162,7 @@ def make_train_step(graphdef, tx, accum: int, num_tasks: int):
     # Back to each parameter's dtype: the optimizer moments keep it (bf16 params, bf16 moments),
     # so the state's types never change between steps (a change would retrace and recompile).
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
-    grad_norm = optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
     ok = jnp.isfinite(s) & jnp.isfinite(grad_norm)
     updates, new_opt = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
