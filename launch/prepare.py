@@ -41,8 +41,9 @@ flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (def
 flags.DEFINE_string("cache_dir", None, "Optional frame cache to decode through (e.g. shared by several --out folders); "
                     "within one --out each video is decoded once anyway (its video store).")
 flags.DEFINE_integer("processes", 1, "Local decoding processes, each decoding one video at a time with cores / "
-                     "processes decoder threads. On a many-core host use about one per core (memory: "
-                     "~0.5 GB each); on 2 cores 1 and 2 prepare about as fast (benchmarks/RESULTS.md).")
+                     "processes decoder threads and writing it to the video store. On a many-core host "
+                     "use about one per core (memory: ~0.5 GB each); on 2 cores 1 and 2 prepare about "
+                     "as fast (benchmarks/RESULTS.md).")
 flags.DEFINE_integer("num_shards", 1, "Hosts preparing disjoint shards.")
 flags.DEFINE_integer("shard_index", 0, "This host's shard.")
 flags.DEFINE_enum("on_error", "skip", ["skip", "raise"], "Skip-and-report bad records or stop.")

@@ -82,9 +82,12 @@ def test_nothing_to_write_is_a_clear_error(toy, tmp_path):
 def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   recs = _records(toy, "train", "qa")
   assert len({r.video for r in recs}) == 2  # one for each shard
-  for i in range(2):
-    tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC, num_shards=2, shard_index=i,
-                         processes=2 if i else 1)  # one shard decoded by a process pool
+  reports = [tfds_rewatch.prepare(str(tmp_path), "qa", recs, str(toy), SPEC, num_shards=2, shard_index=i,
+                                  processes=2 if i else 1) for i in range(2)]  # one shard by a process pool
+  assert [r["videos_stored"] for r in reports] == [1, 1]
+  # the pool's worker wrote its video itself, into a finished file of its own
+  (worker_file,) = (tmp_path / "video_store").glob("qa-00001-of-00002-w*.array_record")
+  assert worker_file.with_name(worker_file.name.replace(".array_record", ".keys.json")).exists()
   sources, _ = tfds_rewatch.data_sources(str(tmp_path), "qa")
   ids = sorted(ex["id"].decode() for src in sources for ex in (src[i] for i in range(len(src))))
   assert len(sources) == 2 and ids == sorted(r.id for r in recs)
@@ -101,6 +104,19 @@ def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   tfds_rewatch.prepare(str(tmp_path), "perception", recs[:2], str(toy), other)
   with pytest.raises(ValueError, match="decoded with different VideoSpecs"):
     tfds_rewatch.video_spec_of(str(tmp_path), ["qa", "perception"])
+
+
+def test_pool_workers_store_their_videos_once_for_every_config(toy, tmp_path):
+  """Pool workers write the videos they decode into store files of their own; a later config's
+  pool reads those back instead of decoding again."""
+  qa, cot = _records(toy, "train", "qa"), _records(toy, "train", "cot")
+  first = tfds_rewatch.prepare(str(tmp_path), "qa", qa, str(toy), SPEC, processes=2)
+  assert first["videos_stored"] == len({r.video for r in qa}) == len(VideoStore(str(tmp_path)))
+  assert not list((tmp_path / "video_store").glob("qa-00000-of-00001-0*"))  # the parent wrote none
+  again = tfds_rewatch.prepare(str(tmp_path), "cot", cot, str(toy), SPEC, processes=2)
+  assert again["videos_stored"] == 0 and again["written"] == len(cot)
+  (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "cot")
+  assert VideoStore(str(tmp_path)).attach(source[0])["frames"].shape[0] > 0
 
 
 def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):

@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 
 import numpy as np
@@ -61,18 +62,30 @@ class _Job:
 
 
 _STORE: video_store.VideoStore | None = None  # the prepared folder's store as the call began, per process
+_WRITER: video_store.VideoStoreWriter | None = None  # a pool worker's own store files
 
 
-def _open_store(store_dir: str) -> None:
-  global _STORE
+def _open_store(store_dir: str, writer_name: str = "", slots=None, per_file: int = 0) -> None:
+  """Per process: the store as it is, and in a pool worker its own writer (files named by a slot
+  taken from the shared counter `slots`, so a rerun's workers overwrite a killed run's leftovers;
+  `per_file` videos a file, so a killed run loses about as much work as with one writer).
+  Workers write the videos they decode themselves: sending ~54 MB of frames to the parent and
+  compressing them there capped a host at ~8 videos/s whatever the process count."""
+  global _STORE, _WRITER
   _STORE = video_store.VideoStore(store_dir)
+  if writer_name:
+    with slots.get_lock():
+      slot, slots.value = slots.value, slots.value + 1
+    _WRITER = video_store.VideoStoreWriter(store_dir, f"{writer_name}-w{slot:03d}", per_file)
+    multiprocessing.util.Finalize(_WRITER, _WRITER.close, exitpriority=10)  # at the pool's close + join
 
 
 def _decode(job_and_args):
   """Worker: the frames of one video (from the video store if an earlier prepare stored it, else
   decoded, through `cache_dir`'s frame cache if one is given) and the conversations of its records.
-  Returns (video key, the video encoded for the store or None if it is there, [(record id,
-  example, error)]); a video that fails fails each of its records."""
+  Returns (video key, the video encoded for the store or None if it is there or this worker
+  stored it, whether this worker stored it, [(record id, example, error)]); a video that fails
+  fails each of its records."""
   job, config, spec, tokenizer_path, cache_dir, caption_text, threads = job_and_args
   try:
     digest = file_digest(job.path)
@@ -87,7 +100,10 @@ def _decode(job_and_args):
         video = load_video(job.path, spec, threads=threads)
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
   except (ValueError, OSError) as e:  # VideoError is a ValueError
-    return None, None, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
+    return None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
+  stored = False
+  if _WRITER is not None and encoded is not None:
+    stored, encoded = _WRITER.add(key, encoded), None
   tokenizer = chat.qwen_tokenizer(tokenizer_path)
   rl = config in PROMPT_ONLY
   out = []
@@ -102,7 +118,7 @@ def _decode(job_and_args):
       out.append((rec.id, ex, None))
     except ValueError as e:  # RecordError is a ValueError
       out.append((rec.id, None, f"{type(e).__name__}: {e}"))
-  return key, encoded, out
+  return key, encoded, stored, out
 
 
 def _video_tokens(frames_shape, vision: VisionConfig = VisionConfig()) -> int:
@@ -168,17 +184,21 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     threads = max(1, cpu_cores() // self._processes) if self._processes > 1 else 0
     jobs = [(_Job(path, recs), config, self._spec, self._tokenizer, self._cache_dir,
              self._captions.get(recs[0].video), threads) for path, recs in by_video.items()]
-    store = video_store.VideoStoreWriter(self._store_dir, f"{config}-{self._shard_index:05d}-of-{self._num_shards:05d}")
+    name = f"{config}-{self._shard_index:05d}-of-{self._num_shards:05d}"
+    store = video_store.VideoStoreWriter(self._store_dir, name)
     written = stored = 0
     pool = None
     if self._processes > 1:
-      pool = multiprocessing.get_context("spawn").Pool(self._processes, _open_store, (self._store_dir,))
+      ctx = multiprocessing.get_context("spawn")
+      per_file = max(4, video_store.VIDEOS_PER_FILE // self._processes)
+      pool = ctx.Pool(self._processes, _open_store, (self._store_dir, name, ctx.Value("i", 0), per_file))
     else:
       _open_store(self._store_dir)
     try:
       results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
       progress = tqdm(results, total=len(jobs), desc=f"{config} videos", unit="video", dynamic_ncols=True)
-      for key, encoded, outcomes in progress:
+      for key, encoded, stored_there, outcomes in progress:
+        stored += stored_there
         for rec_id, example, error in outcomes:
           if error is not None:
             if self._on_error == "raise":
@@ -189,6 +209,9 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
             stored += store.add(key, encoded)
           written += 1
           yield rec_id, example
+      if pool:  # the workers finish their store files as they exit
+        pool.close()
+        pool.join()
     finally:
       if pool:
         pool.terminate()
