@@ -10,9 +10,9 @@ from rewatch_jax.data.video import VideoSpec
 def video_buckets(loss_tokens: int, length: int = 16384, temporal_patches: int = 96) -> list[dict]:
   """Buckets for ReWatch's VideoSpec (192 frames = 96 frame pairs of at most 128*28*28 pixels),
   one per frame block a frame can need: whole 112-px windows, padded, so the block depends on the
-  aspect ratio. Over ~77k sizes (144-2200 px high, aspect 1:4 to 4:1) a frame needs 512 slots
-  (16:9 and 9:16, 22%), 576 (square, 14%), 640 (2.4:1, 36%), 768 (4:3 and 3:4, 29%) or 960 (5
-  sizes near 1:2). With 576 alone every 4:3 video (640x480, 720x480, 1440x1080) fit no bucket.
+  aspect ratio. Over a grid of ~77k sizes (144-2200 px high, aspect 1:4 to 4:1) a frame needs 512
+  slots (e.g. 16:9 and 9:16), 576 (e.g. square), 640 (e.g. 2.4:1), 768 (e.g. 4:3 and 3:4) or 960
+  (5 sizes near 1:2). With 576 alone every 4:3 video (640x480, 720x480, 1440x1080) fit no bucket.
   A batch takes the smallest bucket that holds all its examples; each bucket compiles once, when
   first used. (tests/test_configs.py checks every size fits.)"""
   return [dict(length=length, patches=temporal_patches * block, frame_block=block, loss_tokens=loss_tokens)

@@ -101,9 +101,6 @@ def _decode(job_and_args):
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
   except (ValueError, OSError) as e:  # VideoError is a ValueError
     return None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
-  stored = False
-  if _WRITER is not None and encoded is not None:
-    stored, encoded = _WRITER.add(key, encoded), None
   tokenizer = chat.qwen_tokenizer(tokenizer_path)
   rl = config in PROMPT_ONLY
   out = []
@@ -118,6 +115,10 @@ def _decode(job_and_args):
       out.append((rec.id, ex, None))
     except ValueError as e:  # RecordError is a ValueError
       out.append((rec.id, None, f"{type(e).__name__}: {e}"))
+  stored = False
+  if _WRITER is not None and encoded is not None:  # stored here, not sent (as the parent: if any record needs it)
+    stored = any(error is None for _, _, error in out) and _WRITER.add(key, encoded)
+    encoded = None
   return key, encoded, stored, out
 
 
