@@ -160,6 +160,15 @@ def test_training_batches_replace_examples_that_fit_no_bucket(data):
     assert (b["task"][~blank] == 1).all()  # only QA fits 200 tokens: the CoT rows are stand-ins
     unfit += len(b["meta"]["unfit"])
   assert unfit > 0
+  # ... and the trainer says at start-up how many there are, from the shapes prepare kept: here
+  # every CoT example (all longer than 200 tokens), no QA
+  from rewatch_jax.data import tfds_rewatch
+  cot = tfds_rewatch.example_shapes(data, "cot")
+  assert cot is not None and (cot[:, 3] > 200).all()
+  line = pipeline.unfit_summary(data, "cot", _cfg(), [short])
+  assert line.startswith(f"cot: {len(cot)} of {len(cot)} prepared examples (100.0%) fit no bucket")
+  assert pipeline.unfit_summary(data, "qa", _cfg(), [short]) is None
+  assert pipeline.unfit_summary(data, "cot", _cfg(), BUCKETS) is None
 
 
 def test_batches_go_onto_the_mesh_and_through_the_model(data):

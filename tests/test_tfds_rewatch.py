@@ -50,6 +50,14 @@ def test_prepare_and_read_back(toy, tmp_path, config):
     trained = tok.decode(ex["input_ids"][ex["loss_mask"]].tolist(), skip_special_tokens=False)
     assert trained == chat.target(tfds_rewatch.MODES[config], rec) + "<|im_end|>"
   assert json.loads(ex["record"].decode())["id"] == rec.id
+  # what decides each example's bucket, kept beside the data for the trainer's start-up check
+  shapes = tfds_rewatch.example_shapes(str(tmp_path), config)
+  rows = {tuple(r) for r in shapes.tolist()}
+  assert len(shapes) == len(recs)
+  assert (*ex["frames"].shape[:3], len(ex["input_ids"]), int(ex["loss_mask"].sum())) in rows
+  # preparing again finds the data there and returns the first run's report
+  assert tfds_rewatch.prepare(str(tmp_path), config, recs, str(toy), SPEC,
+                              captions=_records(toy, "train", "caption")) == report
 
 
 def test_bad_videos_are_skipped_and_reported(toy, tmp_path):

@@ -83,11 +83,38 @@ def _text(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def _fits(t, h, w, tokens, trained, bucket: Bucket, cfg: ModelConfig):
+  """Whether examples of grid (t, h, w) (patches), `tokens` tokens and `trained` trained tokens fit
+  `bucket`; elementwise over numpy arrays."""
+  return ((tokens <= bucket.length) & (P.frame_slots(h, w, cfg.vision) <= bucket.frame_block)
+          & (t * bucket.frame_block <= bucket.patches) & (trained <= (bucket.loss_tokens or bucket.length)))
+
+
 def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
   t, h, w = ex["video_grid_thw"]
-  return (len(ex["input_ids"]) <= bucket.length and P.frame_slots(h, w, cfg.vision) <= bucket.frame_block
-          and t * bucket.frame_block <= bucket.patches
-          and int(ex["loss_mask"].sum()) <= (bucket.loss_tokens or bucket.length))
+  return bool(_fits(t, h, w, len(ex["input_ids"]), int(ex["loss_mask"].sum()), bucket, cfg))
+
+
+def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequence[Bucket]) -> str | None:
+  """A line saying how many prepared examples of `config` fit none of `buckets` (training would
+  stand them in with zero weight), or None when all fit or the data predates the shape record.
+  Read from the shapes `prepare` keeps beside each shard, so it costs no pass over the data."""
+  shapes = tfds_rewatch.example_shapes(data_dir, config)
+  if shapes is None or not len(shapes):
+    return None
+  v = cfg.vision
+  frames, height, width, tokens, trained = shapes.T.astype(np.int64)
+  t, h, w = -(-frames // v.temporal_patch_size), height // v.patch_size, width // v.patch_size
+  ok = np.zeros(len(shapes), bool)
+  for b in buckets:
+    ok |= _fits(t, h, w, tokens, trained, b, cfg)
+  if ok.all():
+    return None
+  bad = ~ok
+  return (f"{config}: {bad.sum()} of {len(shapes)} prepared examples ({bad.mean():.1%}) fit no bucket of "
+          f"data.buckets and train as zero-weight stand-ins; the largest needs {tokens[bad].max()} tokens, "
+          f"{trained[bad].max()} trained, {P.frame_slots(h[bad], w[bad], v).max()} patch slots a frame pair "
+          f"and {t[bad].max()} frame pairs")
 
 
 class Collate:

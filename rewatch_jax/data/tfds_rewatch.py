@@ -83,9 +83,9 @@ def _open_store(store_dir: str, writer_name: str = "", slots=None, per_file: int
 def _decode(job_and_args):
   """Worker: the frames of one video (from the video store if an earlier prepare stored it, else
   decoded, through `cache_dir`'s frame cache if one is given) and the conversations of its records.
-  Returns (video key, the video encoded for the store or None if it is there or this worker
-  stored it, whether this worker stored it, [(record id, example, error)]); a video that fails
-  fails each of its records."""
+  Returns (video key, its frames' shape, the video encoded for the store or None if it is there
+  or this worker stored it, whether this worker stored it, [(record id, example, error)]); a
+  video that fails fails each of its records."""
   job, config, spec, tokenizer_path, cache_dir, caption_text, threads = job_and_args
   try:
     digest = file_digest(job.path)
@@ -100,7 +100,7 @@ def _decode(job_and_args):
         video = load_video(job.path, spec, threads=threads)
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
   except (ValueError, OSError) as e:  # VideoError is a ValueError
-    return None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
+    return None, None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
   tokenizer = chat.qwen_tokenizer(tokenizer_path)
   rl = config in PROMPT_ONLY
   out = []
@@ -119,7 +119,7 @@ def _decode(job_and_args):
   if _WRITER is not None and encoded is not None:  # stored here, not sent (as the parent: if any record needs it)
     stored = any(error is None for _, _, error in out) and _WRITER.add(key, encoded)
     encoded = None
-  return key, encoded, stored, out
+  return key, tuple(frames_shape), encoded, stored, out
 
 
 def _video_tokens(frames_shape, vision: VisionConfig = VisionConfig()) -> int:
@@ -188,6 +188,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     name = f"{config}-{self._shard_index:05d}-of-{self._num_shards:05d}"
     store = video_store.VideoStoreWriter(self._store_dir, name)
     written = stored = 0
+    shapes = []  # per example: frames (T, H, W), tokens, trained tokens: what decides its bucket
     pool = None
     if self._processes > 1:
       ctx = multiprocessing.get_context("spawn")
@@ -198,7 +199,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     try:
       results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
       progress = tqdm(results, total=len(jobs), desc=f"{config} videos", unit="video", dynamic_ncols=True)
-      for key, encoded, stored_there, outcomes in progress:
+      for key, frames_shape, encoded, stored_there, outcomes in progress:
         stored += stored_there
         for rec_id, example, error in outcomes:
           if error is not None:
@@ -209,6 +210,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
           if encoded is not None:
             stored += store.add(key, encoded)
           written += 1
+          shapes.append((*frames_shape[:3], len(example["input_ids"]), int(np.sum(example["loss_mask"]))))
           yield rec_id, example
       if pool:  # the workers finish their store files as they exit
         pool.close()
@@ -223,6 +225,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"config {config!r}, shard {self._shard_index} of {self._num_shards}: no example written "
                        f"({len(self._records)} records given, {len(mine)} of kind {kinds} in this shard, "
                        f"{len(skipped)} skipped{': ' + why if why else ''})")
+    self.shapes = np.array(shapes, np.int32).reshape(-1, 5)
     self.report = {"config": config, "video_spec": self._spec.to_dict(), "video_spec_hash": self._spec.hash,
                    "shard": [self._shard_index, self._num_shards], "records": len(mine),
                    "written": written, "videos": len(by_video), "videos_stored": stored, "skipped": skipped}
@@ -244,9 +247,32 @@ def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec
   builder = Rewatch(config=config, records=records, video_root=video_root, spec=spec, data_dir=data_dir,
                     store_dir=out_dir, file_format="array_record", **kwargs)
   builder.download_and_prepare()
-  with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
+  report = os.path.join(builder.data_dir, "prepare_report.json")
+  if not builder.report:  # prepared before: TFDS generated nothing, the first run's report stands
+    with open(report) as f:
+      return json.load(f)
+  with open(report, "w") as f:
     json.dump(builder.report, f, indent=2)
+  np.save(os.path.join(builder.data_dir, SHAPES_FILE), builder.shapes)
   return builder.report
+
+
+SHAPES_FILE = "example_shapes.npy"  # beside each prepared shard: (T, H, W, tokens, trained) per example
+
+
+def config_dirs(out_dir: str, config: str) -> list[str]:
+  """The prepared folders of every shard of `config` under out_dir."""
+  return sorted(glob.glob(os.path.join(out_dir, "rewatch", config, VERSION)) +
+                glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, VERSION)))
+
+
+def example_shapes(out_dir: str, config: str) -> np.ndarray | None:
+  """(T, H, W, tokens, trained tokens) of every prepared example of `config`, or None for data
+  prepared before they were recorded."""
+  parts = [os.path.join(d, SHAPES_FILE) for d in config_dirs(out_dir, config)]
+  if not parts or not all(os.path.exists(p) for p in parts):
+    return None
+  return np.concatenate([np.load(p) for p in parts])
 
 
 def data_sources(out_dir: str, config: str) -> tuple[list, dict]:
@@ -256,8 +282,7 @@ def data_sources(out_dir: str, config: str) -> tuple[list, dict]:
   if "://" in out_dir:
     raise ValueError(f"prepared data is read from a filesystem path, not {out_dir}: mount the bucket with "
                      "Cloud Storage FUSE (gcsfuse, e.g. at /gcs/BUCKET) and pass that path")
-  dirs = sorted(glob.glob(os.path.join(out_dir, "rewatch", config, VERSION)) +
-                glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, VERSION)))
+  dirs = config_dirs(out_dir, config)
   if not dirs:
     old = sorted({os.path.basename(d) for d in glob.glob(os.path.join(out_dir, "rewatch", config, "*")) +
                   glob.glob(os.path.join(out_dir, "shard-*", "rewatch", config, "*"))})

@@ -257,6 +257,11 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=global_batch // jax.process_count(), buckets=buckets,
                                weights=dict(dc.weights), seed=config.seed, workers=dc.workers,
                                pad_id=dc.pad_id, batch_by_task=dc.batch_by_task, mix_by_size=dc.mix_by_size)
+  if jax.process_index() == 0:
+    for task in (t for t, w in pc.weights.items() if w > 0):
+      unfit = pipeline.unfit_summary(dc.dir, task, model.config, buckets)
+      if unfit:  # said at start-up, not discovered batch by batch hours in
+        print(f"warning: {unfit}: add a larger bucket to keep them")
   data = iter(pipeline.sft_dataset(pc, model.config))
 
   spec = tfds_rewatch.video_spec_of(dc.dir, [t for t, w in pc.weights.items() if w > 0])
