@@ -87,16 +87,17 @@ def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
   import importlib
   import numpy as np
   from rewatch_jax.data import pipeline, video as V
+  from rewatch_jax.data.processor import video_grid
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
   spec, cfg = V.VideoSpec(**c.video_spec.to_dict()), ModelConfig.from_dict(c.model.to_dict())
   train = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
   evaluation = [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]
-  p, m = cfg.vision.patch_size, cfg.vision.spatial_merge_size
 
   def check(height, width, frames, text):
     h, w = V.frame_size(spec, height, width, frames)
-    grid = np.array([-(-frames // 2), h // p, w // p])
-    ex = dict(video_grid_thw=grid, input_ids=np.zeros(int(grid.prod()) // (m * m) + text), loss_mask=np.ones(4, bool))
+    grid = np.array(video_grid(frames, h, w, cfg.vision))
+    ex = dict(video_grid_thw=grid, input_ids=np.zeros(int(grid.prod()) // cfg.vision.merge_unit + text),
+              loss_mask=np.ones(4, bool))
     prompt = dict(ex, loss_mask=np.zeros(4, bool))  # evaluation examples are prompts: nothing trained
     assert any(pipeline.fits(ex, b, cfg) for b in train), (height, width, frames, h, w)
     assert any(pipeline.fits(prompt, b, cfg) for b in evaluation), (height, width, frames, h, w)

@@ -166,6 +166,23 @@ def test_a_batch_the_mesh_cannot_split_fails_at_start(prepared, tmp_path):
     sft.train(c, str(tmp_path))
 
 
+def test_examples_that_fit_no_bucket_are_counted_at_start(prepared, tmp_path, monkeypatch, capsys):
+  """Buckets too short for the CoT examples: the trainer says so before the first batch (they
+  would train as zero-weight stand-ins), from the shapes prepare kept."""
+  _, data_dir, tokenizer = prepared
+  c = small_config()
+  c.data.dir, c.tokenizer = data_dir, tokenizer
+  c.data.buckets = [dict(b, length=200) for b in c.data.buckets[:1]]
+
+  def stop(*a, **k):
+    raise RuntimeError("stop before the data is read")
+  monkeypatch.setattr(sft.pipeline, "sft_dataset", stop)
+  with pytest.raises(RuntimeError, match="stop before"):
+    sft.train(c, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "warning: cot: " in out and "fit no bucket of data.buckets" in out and "warning: qa:" not in out
+
+
 def test_evaluation_on_frames_of_another_videospec_is_flagged(prepared, monkeypatch, capsys):
   """The driver compares the VideoSpec of the evaluated data with the training data's (the drift
   video-RL users report most) and says so when they differ."""

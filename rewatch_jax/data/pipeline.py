@@ -21,7 +21,7 @@ import numpy as np
 
 from rewatch_jax.data import tfds_rewatch
 from rewatch_jax.data.video_store import VideoStore
-from rewatch_jax.data.processor import frames_to_patches
+from rewatch_jax.data.processor import frames_to_patches, video_grid
 from rewatch_jax.models import positions as P
 from rewatch_jax.models.configs import ModelConfig
 from rewatch_jax.models.inputs import ModelInputs, from_hf_inputs
@@ -104,7 +104,7 @@ def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequenc
     return None
   v = cfg.vision
   frames, height, width, tokens, trained = shapes.T.astype(np.int64)
-  t, h, w = -(-frames // v.temporal_patch_size), height // v.patch_size, width // v.patch_size
+  t, h, w = video_grid(frames, height, width, v)
   ok = np.zeros(len(shapes), bool)
   for b in buckets:
     ok |= _fits(t, h, w, tokens, trained, b, cfg)

@@ -37,6 +37,12 @@ def frames_to_patches(frames: np.ndarray, cfg: VisionConfig,
   return (normalize_rows(x) if normalize else x), (gt, gh, gw)
 
 
+def video_grid(frames, height, width, cfg: VisionConfig):
+  """Patch grid (t, h, w) of `frames` decoded frames of height x width pixels (T padded to whole
+  temporal patches, as frames_to_patches does); elementwise on numpy arrays too."""
+  return -(-frames // cfg.temporal_patch_size), height // cfg.patch_size, width // cfg.patch_size
+
+
 def video_tokens(grid: tuple[int, int, int], cfg: VisionConfig) -> int:
   t, h, w = grid
   return t * h * w // cfg.merge_unit

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from rewatch_jax.data import chat, records as R, video_store
-from rewatch_jax.data.processor import video_tokens
+from rewatch_jax.data.processor import video_grid, video_tokens
 from rewatch_jax.data.video import FrameCache, VideoSpec, cpu_cores, file_digest, load_video
 from rewatch_jax.models.configs import VisionConfig
 
@@ -124,8 +124,7 @@ def _decode(job_and_args):
 
 def _video_tokens(frames_shape, vision: VisionConfig = VisionConfig()) -> int:
   """Merged video tokens of decoded frames (T, H, W, 3) for Qwen2.5-VL's patching."""
-  t, h, w = -(-frames_shape[0] // vision.temporal_patch_size), frames_shape[1], frames_shape[2]
-  return video_tokens((t, h // vision.patch_size, w // vision.patch_size), vision)
+  return video_tokens(video_grid(*frames_shape[:3], vision), vision)
 
 
 class Rewatch(tfds.core.GeneratorBasedBuilder):
