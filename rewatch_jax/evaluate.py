@@ -9,21 +9,25 @@ Ablations show what a model takes from the video (`ablation=`):
 * "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
   drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
 The result holds every `predictions` row (record id, video, question, answer, response, correct:
-True / False / None when unparseable, truncated: no EOS within `max_new_tokens`); the trainer's
-driver writes them to `<workdir>/eval_<stage>.jsonl`. `cut_off` counts the answers opened but not
-closed when the token budget ran out: scored as unparseable through no fault of the model (the
-driver warns).
+True / False / None when unparseable, truncated: no EOS within `max_new_tokens`, cut_off: an answer
+opened but not closed when the token budget ran out, scored as unparseable through no fault of the
+model; the driver warns); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
+Batches are full and placed on the mesh like training batches (the last one padded with copies,
+which are not scored), so each bucket compiles once and several hosts evaluate one set together:
+each generates for its own rows, and the rows are gathered to every process at the end.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
 
 from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
@@ -35,71 +39,107 @@ ABLATIONS = ("", "swap", "blank")
 
 def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequence[pipeline.Bucket], batch_size: int,
              max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
-             ablation: str = "", seed: int = 0) -> dict:
+             ablation: str = "", seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
+  """`batch_size`: the global batch (split over processes, whose batches go onto `mesh`, by default
+  the one the model's parameters are on, like a training batch). Every process returns the result
+  over all of them."""
   if ablation not in ABLATIONS:
     raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-  pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size, buckets=buckets, pad_id=pad_id)
-  correct = parsed = n = swapped = truncated = cut_off = 0
-  by_type = collections.defaultdict(lambda: [0, 0])
-  by_form = collections.defaultdict(lambda: [0, 0])
-  predictions = []
+  mesh = mesh or model_mesh(model)
+  check_batch(batch_size, mesh)
+  pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size // jax.process_count(), buckets=buckets,
+                               pad_id=pad_id)
+  rows_spec = jax.sharding.PartitionSpec(tuple(a for a in pipeline.BATCH_AXES if a in mesh.axis_names))
+  gather = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(mesh, rows_spec))
+  predictions, swapped, batches = [], 0, 0
   order = dict(shuffle_seed=seed) if ablation == "swap" else {}
   for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
-    inputs = batch["inputs"]
+    inputs, real = batch["inputs"], batch["meta"]["real"]
+    records = [json.loads(r) for r in batch["meta"]["record"][:real]]
     if ablation == "blank":
       # normalised zeros (float rows; the pipeline's rows are raw uint8, where 0 would be black)
       inputs = inputs.replace(pixel_values=np.zeros(inputs.pixel_values.shape, np.float32))
     elif ablation == "swap":
-      inputs, moved = swap_videos(inputs, [json.loads(r)["video"] for r in batch["meta"]["record"]])
+      inputs, moved = swap_videos(inputs, [r["video"] for r in records])
       swapped += moved
-    tokens = np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, inputs), max_new_tokens, eos_id))
-    for row, record_json in zip(tokens, batch["meta"]["record"]):
-      rec = json.loads(record_json)
+    placed, _ = pipeline.to_global(dict(inputs=inputs), mesh)
+    tokens = gather(greedy_generate(model, placed["inputs"], max_new_tokens, eos_id))
+    tokens = np.asarray(multihost_utils.global_array_to_host_local_array(tokens, mesh, rows_spec))
+    for row, rec in zip(tokens, records):
       ids = row.tolist()
       cut = ids.index(eos_id) if eos_id in ids else len(row)
-      hit_limit = cut == len(row)
       text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
-      verdict = is_correct(text, rec["answer"], rec["form"], tuple(rec["options"]))
-      n += 1
-      truncated += hit_limit
-      cut_off += hit_limit and answer_unclosed(text)
-      parsed += verdict is not None
-      correct += bool(verdict)
-      by_type[rec["question_type"]][0] += bool(verdict)
-      by_type[rec["question_type"]][1] += 1
-      by_form[rec["form"]][0] += bool(verdict)
-      by_form[rec["form"]][1] += 1
       predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
                               question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
-                              response=text, correct=verdict, truncated=hit_limit))
-    if limit and n >= limit:
+                              response=text, correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
+                              truncated=cut == len(row), cut_off=cut == len(row) and answer_unclosed(text)))
+    batches += 1
+    if limit and batches * batch_size >= limit:
       break
-  out = dict(accuracy=correct / max(n, 1), parsed_rate=parsed / max(n, 1), n=n,
+  if jax.process_count() > 1:  # every process's rows, in process order
+    predictions = [p for part in _allgather_json(predictions) for p in part]
+    swapped = sum(_allgather_json(swapped))
+  n = max(len(predictions), 1)
+  out = dict(accuracy=sum(p["correct"] is True for p in predictions) / n,
+             parsed_rate=sum(p["correct"] is not None for p in predictions) / n, n=len(predictions),
              **tfds_rewatch.video_spec_of(data_dir, [config_name]),
-             truncated=truncated / max(n, 1), cut_off=cut_off,
-             by_type={k: v[0] / v[1] for k, v in sorted(by_type.items())},
-             by_form={k: v[0] / v[1] for k, v in sorted(by_form.items())}, predictions=predictions)
+             truncated=sum(p["truncated"] for p in predictions) / n, cut_off=sum(p["cut_off"] for p in predictions),
+             by_type=_rate(predictions, "question_type"), by_form=_rate(predictions, "form"), predictions=predictions)
   if ablation == "swap":
-    out["swapped"] = swapped / max(n, 1)
+    out["swapped"] = swapped / n
   return out
+
+
+def model_mesh(model) -> jax.sharding.Mesh:
+  """The mesh the model's parameters are on (one device's mesh for an unsharded model)."""
+  sharding = jax.tree.leaves(nnx.state(model, nnx.Param))[0].sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return sharding.mesh
+  return jax.sharding.Mesh(np.array(sorted(sharding.device_set, key=lambda d: d.id)), ("data",))
+
+
+def check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  rows = math.prod(mesh.shape[a] for a in pipeline.BATCH_AXES if a in mesh.shape)
+  if batch_size % jax.process_count() or batch_size % rows:
+    raise ValueError(f"eval.batch_size {batch_size} must divide by processes ({jax.process_count()}) and by the "
+                     f"mesh's batch axes (data x fsdp = {rows} devices): use a multiple of {rows}")
+
+
+def _rate(predictions: list[dict], key: str) -> dict[str, float]:
+  groups = collections.defaultdict(list)
+  for p in predictions:
+    groups[p[key]].append(p["correct"] is True)
+  return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def _allgather_json(value) -> list:
+  """`value` (JSON-able) from every process, in process order."""
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64)))[:, 0]
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:len(data)] = data
+  parts = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(bytes(parts[i, :sizes[i]])) for i in range(len(sizes))]
 
 
 def swap_videos(inputs, videos: list[str]):
   """Give each example the pixels of an example from another video with the same patch layout
   (same rotary ids and segments, so the rows are interchangeable). Within each layout group the
   examples are sorted by video and shifted by the largest video's count: everyone moves to another
-  video whenever no video holds more than half the group. Returns (inputs, number moved)."""
-  layout = np.concatenate([np.asarray(inputs.vision_rotary_ids).reshape(len(videos), -1),
+  video whenever no video holds more than half the group. `videos`: of the first rows (the real
+  ones; padding rows after them keep their pixels). Returns (inputs, number moved)."""
+  rows = len(inputs.input_ids)
+  layout = np.concatenate([np.asarray(inputs.vision_rotary_ids).reshape(rows, -1),
                            np.asarray(inputs.window_segment), np.asarray(inputs.frame_segment)], axis=1)
   groups = collections.defaultdict(list)
-  for i, row in enumerate(layout):
+  for i, row in enumerate(layout[:len(videos)]):
     groups[row.tobytes()].append(i)
-  src = np.arange(len(videos))
+  src = np.arange(rows)
   for members in groups.values():
     count = collections.Counter(videos[i] for i in members)
     order = sorted(members, key=lambda i: (-count[videos[i]], videos[i]))
     shift = max(count.values())
     if shift < len(order):
       src[order] = np.roll(order, -shift)
-  moved = sum(videos[j] != videos[i] for i, j in enumerate(src))
+  moved = sum(videos[j] != videos[i] for i, j in enumerate(src[:len(videos)]))
   return inputs.replace(pixel_values=np.asarray(inputs.pixel_values)[src]), moved

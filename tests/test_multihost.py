@@ -1,5 +1,5 @@
 """Two processes on localhost (gloo CPU collectives, 4 devices each) train on the 8-device global
-mesh: per-step losses equal one process with 8 devices on the same data."""
+mesh: per-step losses equal one process with 8 devices on the same data, and so does evaluation."""
 
 import json
 import os
@@ -29,13 +29,23 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
 
 
+def _predictions(workdir):
+  return {p["id"]: p for p in map(json.loads, open(os.path.join(workdir, "eval_after_sft.jsonl")))}
+
+
+# batches that mix tasks take buckets of 192, 320 or 448 tokens, so the processes' halves of a
+# batch often fit different ones alone (each global batch must take one); evaluation afterwards
+MIXED_AND_EVAL = ["--config.data.batch_by_task=False", "--config.eval.enabled=True", "--config.eval.before=False",
+                  "--config.eval.batch_size=16"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["random", "hf"])
 def test_two_processes_match_one(prepared, tmp_path, init):
   """`hf`: both start from a Hugging Face folder (the demo model's random weights exported), the
   real-scale path: each process reads every tensor and places its shards on the global mesh."""
   _, data_dir, tokenizer = prepared
-  extra = []
+  extra = MIXED_AND_EVAL if init == "random" else []
   if init == "hf":
     hf_dir = str(tmp_path / "hf")
     export = ("from configs import demo; from flax import nnx; from rewatch_jax import hf; "
@@ -64,12 +74,17 @@ def test_two_processes_match_one(prepared, tmp_path, init):
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for step in a:
     assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
-  if init == "random":  # resume the two-process run at step 2 in one process (a resized pod)
+  if init == "random":  # every question scored once, as in one process
+    p, q = _predictions(single), _predictions(multi)
+    assert sorted(p) == sorted(q) and len(p) > 16  # (more than one batch: the last one padded)
+    same = sum(p[i]["response"] == q[i]["response"] for i in p)
+    assert same == len(p), f"{len(p) - same} of {len(p)} answers differ"
+    # resume the two-process run at step 2 in one process (a resized pod)
     resized = str(tmp_path / "resized")
     shutil.copytree(multi, resized)
     shutil.rmtree(os.path.join(resized, "checkpoints", "4"))
-    out = subprocess.run(_cmd(resized, data_dir, tokenizer), cwd=ROOT, env=_env(8), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(_cmd(resized, data_dir, tokenizer, MIXED_AND_EVAL[:1]), cwd=ROOT, env=_env(8),
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "saved by another process count: reading on from global batch 2" in out.stdout
     c = _losses(resized)  # steps 3 and 4 rewritten by the resumed run

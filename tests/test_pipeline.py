@@ -39,7 +39,7 @@ def _cfg():
 
 
 def _pc(data, **kw):
-  return pipeline.PipelineConfig(data_dir=data, batch_size=4, buckets=BUCKETS, **kw)
+  return pipeline.PipelineConfig(data_dir=data, **{"batch_size": 4, "buckets": BUCKETS, **kw})
 
 
 def test_sft_mixture_shapes_and_weights(data):
@@ -106,12 +106,45 @@ def test_sft_stream_starts_at_a_batch(data, by_task):
 
 
 def test_processes_read_disjoint_slices(data, monkeypatch):
-  seen = []
+  """Evaluation: every process reads its own rows of each global batch, the last one padded with
+  copies (meta["real"] counts the real rows) so that all have as many batches, all full."""
+  seen, counts = [], []
   for i in range(2):
     monkeypatch.setattr(jax, "process_index", lambda i=i: i)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    seen.append({b for batch in pipeline.eval_dataset(_pc(data), _cfg(), "qa") for b in batch["meta"]["id"]})
-  assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+    batches = list(pipeline.eval_dataset(_pc(data), _cfg(), "qa"))
+    assert all(b["inputs"].input_ids.shape == (4, 640) for b in batches)
+    counts.append([b["meta"]["real"] for b in batches])
+    seen.append([x for b in batches for x in b["meta"]["id"][:b["meta"]["real"]]])
+  assert counts == [[4, 2], [4, 2]]  # 12 questions in global batches of 8, rows interleaved
+  assert not set(seen[0]) & set(seen[1]) and len(seen[0] + seen[1]) == len(set(seen[0] + seen[1])) == 12
+
+
+def test_processes_agree_on_every_batchs_bucket(data, monkeypatch):
+  """Each global batch takes the bucket that holds all of it, read from the shapes prepare kept,
+  so every process's arrays have one shape (jax.make_array_from_process_local_data needs it): a
+  process whose own examples fit the short bucket still pads to the long one its batch-mates
+  need. The global batches are the ones a single process reads, in the same bucket."""
+  buckets = [pipeline.Bucket(length=200, patches=512, frame_block=64), pipeline.Bucket(length=640, patches=512, frame_block=64)]
+
+  def read(rank, count, **kw):
+    monkeypatch.setattr(jax, "process_index", lambda: rank)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    pc = pipeline.PipelineConfig(data_dir=data, batch_size=4 // count, buckets=buckets, seed=3, **kw)
+    if kw:
+      it = iter(pipeline.sft_dataset(pc, _cfg()))
+      return [next(it) for _ in range(12)]
+    return list(pipeline.eval_dataset(pc, _cfg(), "rl"))
+
+  longest = lambda b: int(b["inputs"].attention_mask[:b["meta"]["real"]].sum(1).max(initial=0))
+  for kw in (dict(weights={"qa": 2, "cot": 1}, batch_by_task=False), {}):  # SFT mixing tasks, evaluation
+    one, two = read(0, 1, **kw), zip(read(0, 2, **kw), read(1, 2, **kw))
+    short_on_one_side = 0  # batches where one process alone would have taken the short bucket
+    for j, (a, (b, c)) in enumerate(zip(one, two)):
+      assert a["inputs"].input_ids.shape[1] == b["inputs"].input_ids.shape[1] == c["inputs"].input_ids.shape[1], j
+      assert sorted(a["meta"]["id"]) == sorted(b["meta"]["id"] + c["meta"]["id"])
+      short_on_one_side += min(longest(b), longest(c)) <= 200 < max(longest(b), longest(c))
+    assert short_on_one_side > 0
 
 
 def test_rl_and_eval_keep_ground_truth(data):
@@ -216,9 +249,9 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
 def test_swap_gives_each_question_another_videos_frames(data):
   import json
   from rewatch_jax.evaluate import swap_videos
-  batch = next(iter(pipeline.eval_dataset(_pc(data), _cfg(), "rl")))
+  batch = next(iter(pipeline.eval_dataset(_pc(data, batch_size=6), _cfg(), "rl")))  # 3 + 3 questions
   videos = [json.loads(r)["video"] for r in batch["meta"]["record"]]
-  assert len(set(videos)) == 2
+  assert sorted(collections.Counter(videos).values()) == [3, 3]
   old = np.asarray(batch["inputs"].pixel_values)
   new, moved = swap_videos(batch["inputs"], videos)
   assert moved == len(videos)

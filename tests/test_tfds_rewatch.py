@@ -50,11 +50,15 @@ def test_prepare_and_read_back(toy, tmp_path, config):
     trained = tok.decode(ex["input_ids"][ex["loss_mask"]].tolist(), skip_special_tokens=False)
     assert trained == chat.target(tfds_rewatch.MODES[config], rec) + "<|im_end|>"
   assert json.loads(ex["record"].decode())["id"] == rec.id
-  # what decides each example's bucket, kept beside the data for the trainer's start-up check
+  # what decides each example's bucket, kept beside the data, row i for example i (the trainer's
+  # start-up check; several processes agree on a batch's bucket from it without reading examples)
   shapes = tfds_rewatch.example_shapes(str(tmp_path), config)
-  rows = {tuple(r) for r in shapes.tolist()}
   assert len(shapes) == len(recs)
-  assert (*ex["frames"].shape[:3], len(ex["input_ids"]), int(ex["loss_mask"].sum())) in rows
+  store = VideoStore(str(tmp_path))
+  for i, row in enumerate(shapes.tolist()):
+    e = store.attach(source[i])
+    assert row == [*e["frames"].shape[:3], len(e["input_ids"]), int(e["loss_mask"].sum())], i
+  assert len({tuple(r) for r in shapes.tolist()}) > 1  # (so that an order mixed up would show)
   # preparing again finds the data there and returns the first run's report
   assert tfds_rewatch.prepare(str(tmp_path), config, recs, str(toy), SPEC,
                               captions=_records(toy, "train", "caption")) == report

@@ -3,11 +3,12 @@
 SFT mixes the caption / direct-QA / CoT sets by weight (by default one task per batch, so short
 QA batches use a short bucket); RL yields prompts with their ground truth and caption (kept on
 the host for rewards); evaluation reads a set once, in order. Every process builds the same seeded
-global order (shuffle, repeat, mix) and reads only its own slice of it
-(`process_index::process_count`), so global batch k holds the same examples whatever the number
-of processes (rows interleaved), and every batch is padded to one of a few static buckets (tokens,
-patch slots, frame block) so the trainer compiles once per bucket. Iterator state
-(`iterator.get_state()`) restores exactly.
+global order (shuffle, repeat, mix) and reads only its own rows of each global batch, so global
+batch k holds the same examples whatever the number of processes (rows interleaved), and every
+batch is padded to the one of a few static buckets (tokens, patch slots, frame block) that holds
+its whole global batch, chosen from the shapes prepare keeps, so the trainer compiles once per
+bucket and all processes agree on it (GlobalBatches). Iterator state (`iterator.get_state()`)
+restores exactly.
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ def source(data_dir: str, config: str) -> grain.MapDataset:
   return grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources]).map(store.attach)
 
 
-def _host_slice(ds: grain.MapDataset) -> grain.MapDataset:
-  return ds[jax.process_index()::jax.process_count()]
-
-
 class ToExample(grain.transforms.Map):
   """Decoded TFDS example -> pixel rows, grid and tokens (host numpy; runs in Grain workers).
   `task`: the index in TASKS of the dataset the example is drawn from (for per-task losses; a
@@ -90,9 +87,19 @@ def _fits(t, h, w, tokens, trained, bucket: Bucket, cfg: ModelConfig):
           & (t * bucket.frame_block <= bucket.patches) & (trained <= (bucket.loss_tokens or bucket.length)))
 
 
+def needs(ex: dict) -> np.ndarray:
+  """What decides an example's bucket: grid t, h, w (patches), tokens, trained tokens."""
+  return np.array([*ex["video_grid_thw"], len(ex["input_ids"]), int(ex["loss_mask"].sum())], np.int64)
+
+
+def needs_of_shapes(shapes: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+  """needs() of every example from the shapes prepare keeps (frames T, H, W, tokens, trained)."""
+  frames, height, width, tokens, trained = shapes.T.astype(np.int64)
+  return np.stack([*video_grid(frames, height, width, cfg.vision), tokens, trained], axis=1)
+
+
 def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
-  t, h, w = ex["video_grid_thw"]
-  return bool(_fits(t, h, w, len(ex["input_ids"]), int(ex["loss_mask"].sum()), bucket, cfg))
+  return bool(_fits(*needs(ex), bucket, cfg))
 
 
 def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequence[Bucket]) -> str | None:
@@ -102,9 +109,7 @@ def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequenc
   shapes = tfds_rewatch.example_shapes(data_dir, config)
   if shapes is None or not len(shapes):
     return None
-  v = cfg.vision
-  frames, height, width, tokens, trained = shapes.T.astype(np.int64)
-  t, h, w = video_grid(frames, height, width, v)
+  t, h, w, tokens, trained = needs_of_shapes(shapes, cfg).T
   ok = np.zeros(len(shapes), bool)
   for b in buckets:
     ok |= _fits(t, h, w, tokens, trained, b, cfg)
@@ -113,7 +118,7 @@ def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequenc
   bad = ~ok
   return (f"{config}: {bad.sum()} of {len(shapes)} prepared examples ({bad.mean():.1%}) fit no bucket of "
           f"data.buckets and train as zero-weight stand-ins; the largest needs {tokens[bad].max()} tokens, "
-          f"{trained[bad].max()} trained, {P.frame_slots(h[bad], w[bad], v).max()} patch slots a frame pair "
+          f"{trained[bad].max()} trained, {P.frame_slots(h[bad], w[bad], cfg.vision).max()} patch slots a frame pair "
           f"and {t[bad].max()} frame pairs")
 
 
@@ -131,20 +136,39 @@ class Collate:
     self.cfg, self.buckets, self.pad_id = cfg, sorted(buckets, key=lambda b: (b.length, b.patches)), pad_id
     self.stand_in = stand_in
 
-  def __call__(self, examples: Sequence[dict]) -> dict[str, Any]:
-    fitting = [any(fits(e, b, self.cfg) for b in self.buckets) for e in examples]
-    unfit = [e["id"] for e, ok in zip(examples, fitting) if not ok]
-    if unfit and self.stand_in and any(fitting):
-      shortest = min((e for e, ok in zip(examples, fitting) if ok), key=lambda e: len(e["input_ids"]))
-      blank = dict(shortest, loss_mask=np.zeros_like(shortest["loss_mask"]))
-      examples = [e if ok else blank for e, ok in zip(examples, fitting)]
-    bucket = next((b for b in self.buckets if all(fits(e, b, self.cfg) for e in examples)), None)
-    if bucket is None:
+  def choose(self, rows: np.ndarray) -> tuple[Bucket | None, np.ndarray]:
+    """For examples with `rows` of needs(): the smallest bucket that holds them all (with stand-ins:
+    all that fit some bucket), or None; and which of them fit some bucket."""
+    fit = np.stack([_fits(*rows.T, b, self.cfg) for b in self.buckets])
+    ok = fit.any(0)
+    held = ok if self.stand_in and ok.any() else np.ones_like(ok)
+    return next((b for b, f in zip(self.buckets, fit) if f[held].all()), None), ok
+
+  def __call__(self, examples: Sequence[dict], bucket: Bucket | None = None,
+               stand_in: dict | None = None) -> dict[str, Any]:
+    """`bucket`: the one the whole global batch takes (GlobalBatches; default: the smallest that
+    holds these examples); `stand_in`: the example to copy when none of these fits."""
+    own, ok = self.choose(np.stack([needs(e) for e in examples]))
+    bucket = bucket or own
+    unfit = [e["id"] for e, fine in zip(examples, ok) if not fine]
+    given, replaced = examples, False
+    if unfit and self.stand_in:
+      fitting = [e for e, fine in zip(examples, ok) if fine] or ([stand_in] if stand_in is not None else [])
+      if fitting:
+        shortest = min(fitting, key=lambda e: len(e["input_ids"]))
+        blank = dict(shortest, loss_mask=np.zeros_like(shortest["loss_mask"]))
+        examples, replaced = [e if fine else blank for e, fine in zip(examples, ok)], True
+    if bucket is None or (unfit and not replaced):
       # (or each fits some bucket but none holds them all: buckets that are not nested)
-      worst = next((e for e, ok in zip(examples, fitting) if not ok), max(examples, key=lambda e: len(e["input_ids"])))
+      worst = next((e for e, fine in zip(given, ok) if not fine), max(given, key=lambda e: len(e["input_ids"])))
       raise ValueError(f"example {worst['id']} ({len(worst['input_ids'])} tokens, {int(worst['loss_mask'].sum())} "
                        f"trained, grid {worst['video_grid_thw'].tolist()}) fits no bucket {self.buckets}"
                        + ("" if unfit else " together with the rest of its batch"))
+    wrong = [e["id"] for e in examples if not fits(e, bucket, self.cfg)]
+    if wrong:
+      raise ValueError(f"examples {wrong[:4]} do not fit {bucket}, which the shapes kept beside the data "
+                       f"({tfds_rewatch.SHAPES_FILE}) chose for their global batch: those no longer match the "
+                       "data; prepare it again")
     n = len(examples)
     ids = np.full((n, bucket.length), self.pad_id, np.int64)
     attention = np.zeros((n, bucket.length), np.int64)
@@ -193,60 +217,136 @@ class PipelineConfig:
   mix_by_size: bool = False
 
 
-def _finish(ds: grain.MapDataset, pc: PipelineConfig, cfg: ModelConfig, drop_remainder: bool, stand_in: bool):
-  """Batch (and prefetch) examples already mapped with ToExample."""
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=2 * pc.batch_size))
-  it = it.batch(pc.batch_size, drop_remainder=drop_remainder, batch_fn=Collate(cfg, pc.buckets, pc.pad_id, stand_in))
+class _Tag:
+  """index -> (task, index): an order over one task's examples, to mix with others."""
+
+  def __init__(self, task: int):
+    self.task = task
+
+  def __call__(self, index):
+    return self.task, int(index)
+
+
+class GlobalBatches(grain.MapDataset):
+  """This process's batches of a global order of (task, index) pairs. Global batch j is rows
+  [j*G, (j+1)*G) of the order (G = batch_size x process count); this process holds rows
+  j*G + i*count + index (i < batch_size), interleaved, so global batch j is the same for any
+  process count. It is collated at the bucket that holds the *whole* global batch, chosen from the
+  shapes prepare keeps beside the data (tfds_rewatch.example_shapes), so every process picks the
+  same one without reading the others' examples and jax.make_array_from_process_local_data gets
+  one shape from all of them (picked from this process's examples alone, 4:3 videos on one host
+  and 16:9 on another would compile different programs, and the collectives would not meet).
+  In training an example that fits no bucket is stood in for (Collate), from this process's
+  examples or, where none of them fits, the global batch's shortest that does.
+  `pad` (evaluation): the last global batch is filled up with copies of its first example,
+  meta["real"] counting this process's real rows (first); without it a partial batch is dropped.
+  `tasks` maps a task index to (source, ToExample, needs of its examples or None)."""
+
+  def __init__(self, order: grain.MapDataset, tasks: dict[int, tuple], collate: Collate, batch_size: int,
+               pad: bool = False):
+    super().__init__(order)
+    self.order, self.tasks, self.collate, self.pad = order, tasks, collate, pad
+    self.batch_size, self.rank, self.count = batch_size, jax.process_index(), jax.process_count()
+    self.global_size = batch_size * self.count
+    self.known = all(t[2] is not None for t in tasks.values())  # else (one process) its own examples decide
+    n = len(order)
+    self._length = -(-n // self.global_size) if pad else n // self.global_size
+
+  def __len__(self):
+    return self._length
+
+  def _read(self, pair) -> dict:
+    task, index = pair
+    src, to_example, _ = self.tasks[task]
+    return to_example.map(src[index])
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    first = j * self.global_size
+    end = min(first + self.global_size, len(self.order))
+    mine = range(first + self.rank, first + self.global_size, self.count)
+    examples = [self._read(self.order[k if k < end else first]) for k in mine]
+    bucket = stand_in = None
+    if self.known:
+      pairs = [self.order[k] for k in range(first, end)]
+      bucket, ok = self.collate.choose(np.stack([self.tasks[t][2][i] for t, i in pairs]))
+      if bucket is None:  # raises, naming the example
+        self.collate([self._read(p) for p in pairs])
+      local = ok[self.rank::self.count]
+      if self.collate.stand_in and ok.any() and not local.any():
+        tokens = np.array([self.tasks[t][2][i][3] for t, i in pairs])
+        stand_in = self._read(pairs[int(np.argmin(np.where(ok, tokens, np.iinfo(np.int64).max)))])
+    batch = self.collate(examples, bucket, stand_in)
+    batch["meta"]["real"] = sum(k < end for k in mine)
+    return batch
+
+  def __str__(self) -> str:
+    return f"GlobalBatches(batch_size={self.batch_size}, processes={self.count}, pad={self.pad})"
+
+
+def _task(pc: PipelineConfig, cfg: ModelConfig, config: str, task: int = 0) -> tuple:
+  shapes = tfds_rewatch.example_shapes(pc.data_dir, config)
+  if shapes is None and jax.process_count() > 1 and len(pc.buckets) > 1:
+    raise ValueError(f"{pc.data_dir}: '{config}' was prepared without {tfds_rewatch.SHAPES_FILE} beside it, from "
+                     f"which {jax.process_count()} processes agree on each batch's bucket without reading each "
+                     "other's examples: prepare it again (or use one bucket)")
+  return source(pc.data_dir, config), ToExample(cfg, task), None if shapes is None else needs_of_shapes(shapes, cfg)
+
+
+def _order(n: int, task: int, seed: int | None, repeat: bool) -> grain.MapDataset:
+  order = grain.MapDataset.range(n)
+  order = order.shuffle(seed) if seed is not None else order
+  return (order.repeat() if repeat else order).map(_Tag(task))
+
+
+def _iterate(ds: grain.MapDataset, pc: PipelineConfig) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_threads))
   if pc.workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
   return it
 
 
 def sft_dataset(pc: PipelineConfig, cfg: ModelConfig, start: int = 0) -> grain.IterDataset:
-  """Infinite, shuffled mixture of the SFT tasks with weight > 0, from this process's batch
-  `start` on: global batch k is the same for any process count, so a run resumed at step k on
-  another number of hosts reads on exactly where it stopped (the trainer's fallback where the
-  checkpoint's iterator states were saved by a different process count)."""
-  tasks = [t for t in TASKS if pc.weights.get(t, 0) > 0]
-  if not tasks:
+  """Infinite, shuffled mixture of the SFT tasks with weight > 0, from global batch `start` on:
+  global batch k is the same for any process count, so a run resumed at step k on another number
+  of hosts reads on exactly where it stopped (the trainer's fallback where the checkpoint's
+  iterator states were saved by a different process count)."""
+  names = [t for t in TASKS if pc.weights.get(t, 0) > 0]
+  if not names:
     raise ValueError(f"no SFT task has a positive weight: {pc.weights}")
   unknown = set(pc.weights) - set(TASKS)
   if unknown:
     raise ValueError(f"unknown SFT tasks in weights: {sorted(unknown)} (known: {TASKS})")
-  # (lazy maps: an example is decoded only when this process reads it)
-  sources = [source(pc.data_dir, t) for t in tasks]
-  parts = [src.shuffle(pc.seed + i).repeat().map(ToExample(cfg, TASKS.index(t)))
-           for i, (t, src) in enumerate(zip(tasks, sources))]
-  weights = [pc.weights[t] * (len(src) if pc.mix_by_size else 1) for t, src in zip(tasks, sources)]
-  if not pc.batch_by_task:
-    examples = _host_slice(grain.MapDataset.mix(parts, weights))[start * pc.batch_size:]
-    return _finish(examples, pc, cfg, drop_remainder=True, stand_in=True)
-  # Each process takes every process_count-th example of each task's stream, so global batch k of
-  # a task holds the same examples for any process count; the batch-level mix is deterministic.
+  # (lazy: an example is decoded only when this process reads it)
+  ids = [TASKS.index(t) for t in names]
+  tasks = {i: _task(pc, cfg, t, i) for i, t in zip(ids, names)}
+  sizes = [len(tasks[i][0]) for i in ids]
+  orders = [_order(n, i, pc.seed + k, repeat=True) for k, (i, n) in enumerate(zip(ids, sizes))]
+  weights = [pc.weights[t] * (n if pc.mix_by_size else 1) for t, n in zip(names, sizes)]
   collate = Collate(cfg, pc.buckets, pc.pad_id, stand_in=True)
-  batches = [_host_slice(p).batch(pc.batch_size, drop_remainder=True, batch_fn=collate)
-             for p in parts]
-  it = grain.MapDataset.mix(batches, weights)[start:].to_iter_dataset(
-      grain.ReadOptions(num_threads=pc.read_threads, prefetch_buffer_size=pc.read_threads))
-  if pc.workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers))
-  return it
+  batches = lambda order: GlobalBatches(order, tasks, collate, pc.batch_size)
+  if pc.batch_by_task:  # each task's stream is batched, then batches are mixed (deterministically)
+    ds = grain.MapDataset.mix([batches(o) for o in orders], weights)
+  else:
+    ds = batches(grain.MapDataset.mix(orders, weights))
+  return _iterate(ds[start:], pc)
 
 
 def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
   """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
-  ds = source(pc.data_dir, "rl").shuffle(pc.seed).repeat()
-  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=True, stand_in=False)
+  tasks = {0: _task(pc, cfg, "rl")}
+  order = _order(len(tasks[0][0]), 0, pc.seed, repeat=True)
+  return _iterate(GlobalBatches(order, tasks, Collate(cfg, pc.buckets, pc.pad_id), pc.batch_size), pc)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
                  shuffle_seed: int | None = None) -> grain.IterDataset:
-  """One pass over this process's slice (in file order, or shuffled by `shuffle_seed`); the last
-  batch may be smaller."""
-  ds = source(pc.data_dir, config)
-  if shuffle_seed is not None:
-    ds = ds.shuffle(shuffle_seed)
-  return _finish(_host_slice(ds).map(ToExample(cfg)), pc, cfg, drop_remainder=False, stand_in=False)
+  """One pass over the set (in file order, or shuffled by `shuffle_seed`), every batch full: the
+  last one padded with copies (meta["real"]: this process's real rows, first)."""
+  tasks = {0: _task(pc, cfg, config)}
+  order = _order(len(tasks[0][0]), 0, shuffle_seed, repeat=False)
+  return _iterate(GlobalBatches(order, tasks, Collate(cfg, pc.buckets, pc.pad_id), pc.batch_size, pad=True), pc)
 
 
 BATCH_AXES = dict(DEFAULT_RULES)["batch"]  # the mesh axes a batch's rows are split over: data, fsdp
@@ -266,5 +366,6 @@ def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> tuple[dict[str,
   """Place this process's batch as the global arrays (jax.make_array_from_process_local_data);
   returns (device batch, host-only metadata)."""
   shardings = batch_shardings(mesh, batch["inputs"].frame_block)
+  shardings = {k: v for k, v in shardings.items() if k in batch}
   arrays = {k: batch[k] for k in shardings}
-  return jax.tree.map(jax.make_array_from_process_local_data, shardings, arrays), batch["meta"]
+  return jax.tree.map(jax.make_array_from_process_local_data, shardings, arrays), batch.get("meta")

@@ -152,7 +152,9 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self):
-    return self.dataset_info_from_configs(features=_features(self.builder_config.name),
+    # disable_shuffling: stored in the order generated (TFDS would reorder by key hash), so the
+    # shapes kept beside the shard line up with its examples (pipeline.GlobalBatches reads them by index)
+    return self.dataset_info_from_configs(features=_features(self.builder_config.name), disable_shuffling=True,
                                           metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
@@ -256,7 +258,10 @@ def prepare(out_dir: str, config: str, records, video_root: str, spec: VideoSpec
   return builder.report
 
 
-SHAPES_FILE = "example_shapes.npy"  # beside each prepared shard: (T, H, W, tokens, trained) per example
+# Beside each prepared shard: (T, H, W, tokens, trained) of example i in row i. (Data prepared on
+# 2026-11-30 kept them in an `example_shapes.npy` in generation order, which TFDS had reordered:
+# not read.)
+SHAPES_FILE = "shapes.npy"
 
 
 def config_dirs(out_dir: str, config: str) -> list[str]:
@@ -266,8 +271,8 @@ def config_dirs(out_dir: str, config: str) -> list[str]:
 
 
 def example_shapes(out_dir: str, config: str) -> np.ndarray | None:
-  """(T, H, W, tokens, trained tokens) of every prepared example of `config`, or None for data
-  prepared before they were recorded."""
+  """(T, H, W, tokens, trained tokens) of every prepared example of `config`, row i for example i
+  of pipeline.source(out_dir, config), or None for data prepared before they were kept."""
   parts = [os.path.join(d, SHAPES_FILE) for d in config_dirs(out_dir, config)]
   if not parts or not all(os.path.exists(p) for p in parts):
     return None

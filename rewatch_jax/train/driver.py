@@ -95,10 +95,13 @@ def _evaluate(model, config, ablation: str = "", perception: set[str] = frozense
 
 
 def run(config, workdir: str) -> dict:
-  from rewatch_jax.evaluate import ABLATIONS
+  from rewatch_jax.evaluate import ABLATIONS, check_batch
   from rewatch_jax.train import sft
+  from rewatch_jax.train.mesh import make_mesh
   if config.eval.ablation not in ABLATIONS:  # fail before training, not after
     raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
+  if config.eval.enabled:
+    check_batch(config.eval.batch_size, make_mesh(dict(config.mesh)))
   if config.pretrain.steps < 0 or config.pretrain.batch_size < 0:
     raise ValueError(f"pretrain.steps and pretrain.batch_size must be >= 0, got {config.pretrain.steps} and "
                      f"{config.pretrain.batch_size}")
@@ -114,7 +117,6 @@ def run(config, workdir: str) -> dict:
   results = {}
   model = None
   if config.eval.enabled and config.eval.before:
-    from rewatch_jax.train.mesh import make_mesh
     model = sft.build_model(config, make_mesh(dict(config.mesh)))
     results["before"] = _evaluate(model, config, perception=perception)
   if config.pretrain.steps:
