@@ -70,7 +70,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       vision_lr_scale=1.0))  # their learning rate relative to the language model's
   c.eval = ml_collections.ConfigDict(dict(
       enabled=False, before=False, config="qa_eval", dir="",
-      batch_size=8,  # global, like data.batch_size: a multiple of the mesh's data x fsdp devices
+      batch_size=0,  # global, like data.batch_size, a multiple of the mesh's data x fsdp devices; 0: one each
       max_new_tokens=32,
       ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (rewatch_jax/evaluate.py)
       limit=0, buckets=video_buckets(loss_tokens=1)))

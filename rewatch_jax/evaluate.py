@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 from collections.abc import Sequence
 
 import jax
@@ -99,7 +98,7 @@ def model_mesh(model) -> jax.sharding.Mesh:
 
 
 def check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  rows = math.prod(mesh.shape[a] for a in pipeline.BATCH_AXES if a in mesh.shape)
+  rows = pipeline.batch_rows(mesh)
   if batch_size % jax.process_count() or batch_size % rows:
     raise ValueError(f"eval.batch_size {batch_size} must divide by processes ({jax.process_count()}) and by the "
                      f"mesh's batch axes (data x fsdp = {rows} devices): use a multiple of {rows}")

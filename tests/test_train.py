@@ -180,7 +180,24 @@ def test_examples_that_fit_no_bucket_are_counted_at_start(prepared, tmp_path, mo
   with pytest.raises(RuntimeError, match="stop before"):
     sft.train(c, str(tmp_path))
   out = capsys.readouterr().out
-  assert "warning: cot: " in out and "fit no bucket of data.buckets" in out and "warning: qa:" not in out
+  assert "warning: cot: " in out and "fit no bucket and train as zero-weight stand-ins" in out and "warning: qa:" not in out
+
+
+def test_evaluation_that_would_fail_fails_before_training(prepared, tmp_path):
+  """An evaluation batch that the mesh cannot split, or a question that fits no evaluation bucket,
+  would stop the run after SFT: both are named before training starts."""
+  from rewatch_jax.train import driver
+  _, data_dir, tokenizer = prepared
+  c = small_config()
+  c.data.dir, c.tokenizer, c.eval.enabled = data_dir, tokenizer, True
+  c.eval.batch_size = 12  # 8 devices on the batch axes
+  with pytest.raises(ValueError, match="eval.batch_size 12 must divide .* use a multiple of 8"):
+    driver.run(c, str(tmp_path))
+  c.eval.batch_size = 16
+  c.eval.buckets = [dict(b, length=100) for b in c.eval.buckets]
+  with pytest.raises(ValueError, match=r"qa_eval: \d+ of \d+ prepared examples .* would stop the evaluation"):
+    driver.run(c, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
 
 
 def test_evaluation_on_frames_of_another_videospec_is_flagged(prepared, monkeypatch, capsys):

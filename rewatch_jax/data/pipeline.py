@@ -14,6 +14,7 @@ restores exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import grain
@@ -102,10 +103,11 @@ def fits(ex: dict, bucket: Bucket, cfg: ModelConfig) -> bool:
   return bool(_fits(*needs(ex), bucket, cfg))
 
 
-def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequence[Bucket]) -> str | None:
-  """A line saying how many prepared examples of `config` fit none of `buckets` (training would
-  stand them in with zero weight), or None when all fit or the data predates the shape record.
-  Read from the shapes `prepare` keeps beside each shard, so it costs no pass over the data."""
+def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequence[Bucket],
+                  fate: str = "train as zero-weight stand-ins") -> str | None:
+  """A line saying how many prepared examples of `config` fit none of `buckets` (and their `fate`),
+  or None when all fit or the data predates the shape record. Read from the shapes `prepare`
+  keeps beside each shard, so it costs no pass over the data."""
   shapes = tfds_rewatch.example_shapes(data_dir, config)
   if shapes is None or not len(shapes):
     return None
@@ -116,8 +118,8 @@ def unfit_summary(data_dir: str, config: str, cfg: ModelConfig, buckets: Sequenc
   if ok.all():
     return None
   bad = ~ok
-  return (f"{config}: {bad.sum()} of {len(shapes)} prepared examples ({bad.mean():.1%}) fit no bucket of "
-          f"data.buckets and train as zero-weight stand-ins; the largest needs {tokens[bad].max()} tokens, "
+  return (f"{config}: {bad.sum()} of {len(shapes)} prepared examples ({bad.mean():.1%}) fit no bucket "
+          f"and {fate}; the largest needs {tokens[bad].max()} tokens, "
           f"{trained[bad].max()} trained, {P.frame_slots(h[bad], w[bad], cfg.vision).max()} patch slots a frame pair "
           f"and {t[bad].max()} frame pairs")
 
@@ -350,6 +352,11 @@ def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, config: str = "rl",
 
 
 BATCH_AXES = dict(DEFAULT_RULES)["batch"]  # the mesh axes a batch's rows are split over: data, fsdp
+
+
+def batch_rows(mesh: jax.sharding.Mesh) -> int:
+  """How many devices a batch's rows are split over (each holds whole examples)."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
 
 
 def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=BATCH_AXES) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from etils import epath
 
 from rewatch_jax.data import chat, pipeline, records as R, tfds_rewatch, toyworld
 from rewatch_jax.data.video import VideoSpec
+from rewatch_jax.models import ModelConfig
 
 
 def prepare_toyworld(config, workdir: str) -> set[str]:
@@ -101,7 +102,9 @@ def run(config, workdir: str) -> dict:
   if config.eval.ablation not in ABLATIONS:  # fail before training, not after
     raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
   if config.eval.enabled:
-    check_batch(config.eval.batch_size, make_mesh(dict(config.mesh)))
+    mesh = make_mesh(dict(config.mesh))
+    config.eval.batch_size = config.eval.batch_size or pipeline.batch_rows(mesh)
+    check_batch(config.eval.batch_size, mesh)
   if config.pretrain.steps < 0 or config.pretrain.batch_size < 0:
     raise ValueError(f"pretrain.steps and pretrain.batch_size must be >= 0, got {config.pretrain.steps} and "
                      f"{config.pretrain.batch_size}")
@@ -110,6 +113,13 @@ def run(config, workdir: str) -> dict:
                      f"{config.profile.steps}")
   perception = prepare_toyworld(config, workdir) if config.toyworld.videos else set()
   _check_tokenizer(config)
+  if config.eval.enabled:  # an evaluation batch with such an example raises: say so before training
+    unfit = pipeline.unfit_summary(config.eval.dir or config.data.dir, config.eval.config,
+                                   ModelConfig.from_dict(config.model.to_dict()),
+                                   [pipeline.Bucket(**dict(b)) for b in config.eval.buckets],
+                                   fate="would stop the evaluation")
+    if unfit:
+      raise ValueError(f"{unfit}: add a larger bucket to eval.buckets")
   if config.epochs:
     examples = sum(len(pipeline.source(config.data.dir, t)) * (w > 0) for t, w in config.data.weights.items())
     config.total_steps = max(1, int(config.epochs * examples / config.data.batch_size))

@@ -239,7 +239,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
   if global_batch % jax.process_count() or global_batch % config.micro_batches:
     raise ValueError(f"data.batch_size {global_batch} must divide by processes ({jax.process_count()}) "
                      f"and micro_batches ({config.micro_batches})")
-  rows = math.prod(mesh.shape[a] for a in pipeline.BATCH_AXES if a in mesh.shape)
+  rows = pipeline.batch_rows(mesh)
   if global_batch % rows:  # checked before minutes of weight loading, not at the first step
     raise ValueError(f"data.batch_size {global_batch} does not split over the mesh's batch axes (data x fsdp = "
                      f"{rows} devices, each holding whole examples): use a multiple of {rows}, or shard over fewer "
@@ -261,7 +261,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
     for task in (t for t, w in pc.weights.items() if w > 0):
       unfit = pipeline.unfit_summary(dc.dir, task, model.config, buckets)
       if unfit:  # said at start-up, not discovered batch by batch hours in
-        print(f"warning: {unfit}: add a larger bucket to keep them")
+        print(f"warning: {unfit}: add a larger bucket to data.buckets to keep them")
   data = iter(pipeline.sft_dataset(pc, model.config))
 
   spec = tfds_rewatch.video_spec_of(dc.dir, [t for t, w in pc.weights.items() if w > 0])
