@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
@@ -52,6 +53,9 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
   gather = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(mesh, rows_spec))
   predictions, swapped, batches = [], 0, 0
   order = dict(shuffle_seed=seed) if ablation == "swap" else {}
+  total = -(-len(pipeline.source(data_dir, config_name)) // batch_size)
+  progress = tqdm(total=min(total, -(-limit // batch_size)) if limit else total, unit="batch", dynamic_ncols=True,
+                  desc=f"eval {config_name}" + (f" ({ablation})" if ablation else ""), disable=jax.process_index() != 0)
   for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
     inputs, real = batch["inputs"], batch["meta"]["real"]
     records = [json.loads(r) for r in batch["meta"]["record"][:real]]
@@ -73,8 +77,10 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
                               response=text, correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
                               truncated=cut == len(row), cut_off=cut == len(row) and answer_unclosed(text)))
     batches += 1
+    progress.update()
     if limit and batches * batch_size >= limit:
       break
+  progress.close()
   if jax.process_count() > 1:  # every process's rows, in process order
     predictions = [p for part in _allgather_json(predictions) for p in part]
     swapped = sum(_allgather_json(swapped))
