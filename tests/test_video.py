@@ -371,3 +371,47 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
       np.testing.assert_array_equal(results[0].timestamps, results[1].timestamps, err_msg=name)
   (tmp_path / "cut.mp4").write_bytes(data[:box["stsz"][0] + 40])  # the file ends inside the table
   assert V._avc_frames(str(tmp_path / "cut.mp4")) is None
+
+
+def _long_mkv(path, setpts=None):
+  """300 s at 10 fps (or, with `setpts`, variable timing), 2.5 s groups of pictures, in Matroska
+  (no MP4 frame table: the drop plan cannot thin it)."""
+  vf = ["-vf", f"setpts={setpts}", "-fps_mode", "vfr"] if setpts else []
+  _ffmpeg("-f", "lavfi", "-i", "testsrc2=duration=300:size=160x96:rate=10", *vf, "-c:v", "libx264",
+          "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p", str(path))
+  return str(path)
+
+
+def _seeking_and_whole(path, monkeypatch, spec):
+  runs, real = [], V._run
+  monkeypatch.setattr(V, "_run", lambda args, *a: runs.append(args) or real(args, *a))
+  seeking = load_video(path, spec)
+  seeking_runs = [r for r in runs if "-i" in r and "-f" in r and "rawvideo" in r]
+  with monkeypatch.context() as m:
+    m.setattr(V, "SEEK_GAP", math.inf)
+    whole = load_video(path, spec)
+  return seeking, seeking_runs, whole
+
+
+def test_long_videos_sampled_sparsely_are_seeked_not_decoded_whole(tmp_path, monkeypatch):
+  """One frame per 20 s of a 300 s video that the drop plan cannot thin: each sampled frame is
+  found by seeking (an input of its own, decoded from the keyframe before it; groups of them to an
+  ffmpeg run), with the pixels and times of decoding the whole video."""
+  path = _long_mkv(tmp_path / "long.mkv")
+  spec = VideoSpec(fps=0.05)
+  monkeypatch.setattr(V, "SEEK_MEMORY", 5 * 6 * 1.5 * 160 * 96)  # groups of 5 frames, so several runs
+  seeking, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
+  assert len(seeking.frames) >= 14 and 300 / len(seeking.frames) >= V.SEEK_GAP and len(runs) > 2
+  assert sum(r.count("-ss") for r in runs) == len(seeking.frames) and all("-ss" in r for r in runs)  # no fallback
+  np.testing.assert_array_equal(seeking.frames, whole.frames)
+  np.testing.assert_allclose(seeking.timestamps, whole.timestamps, atol=1e-3)
+
+
+def test_seeking_that_misses_the_frames_falls_back(tmp_path, monkeypatch):
+  """Variable timing (the second half at half the rate): frame i is not at i / fps, the seeked
+  frames' times say so, and the video is decoded whole: the frames are the sampled indices still."""
+  path = _long_mkv(tmp_path / "vfr.mkv", setpts="if(lt(N\\,1500)\\,N/10\\,150+(N-1500)/5)/TB")
+  spec = VideoSpec(fps=0.05)
+  seeking, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
+  assert sum("-ss" in r for r in runs) >= 1 and "-ss" not in runs[-1]  # tried, then decoded whole
+  np.testing.assert_array_equal(seeking.frames, whole.frames)
