@@ -504,8 +504,8 @@ def _decode_seeking(path: str, unique: np.ndarray, fps: float, source_pixels: in
     graph = ";".join(f"[{k}:v:0]trim=end_frame=1,{branch.replace('showinfo=', f'showinfo@s{k}=')}[v{k}]"
                      for k in range(len(indices)))
     graph += ";" + "".join(f"[v{k}]" for k in range(len(indices))) + f"concat=n={len(indices)}:v=1:a=0[out]"
-    out = _run([*inputs, "-filter_complex", graph, "-map", "[out]", "-fps_mode", "passthrough",
-                "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, timeout)
+    out = _run([*inputs, "-filter_complex_threads", "1", "-filter_complex", graph, "-map", "[out]",
+                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, timeout)
     pts = {int(k): float(t) for k, t in _BRANCH_PTS.findall(out.stderr.decode(errors="replace"))}
     if out.returncode != 0 or len(out.stdout) != len(indices) * height * width * 3 or len(pts) != len(indices):
       return None
