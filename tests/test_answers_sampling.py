@@ -53,3 +53,19 @@ def test_greedy_generate_matches_manual_decoding():
     np.testing.assert_array_equal(out[:, k], nxt)
     ids = np.concatenate([ids, nxt[:, None]], 1)
     mask = np.concatenate([mask, np.ones((2, 1), mask.dtype)], 1)
+
+
+def test_generation_with_remat_configured():
+  """The recipes train with remat; generating (evaluation, RL's sampler) with such a model gives
+  the same tokens (remat is for the backward pass; in the decode loop it once failed to trace)."""
+  from tests.hf_reference import make_batch, tiny_config
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs
+  from rewatch_jax.sampling import greedy_generate
+  tokens = []
+  for policy in ("none", "full", "dots"):
+    cfg = tiny_config().replace(remat=policy)
+    batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2]], seed=4)
+    model = Qwen25VL(cfg, rngs=nnx.Rngs(3))
+    tokens.append(np.asarray(greedy_generate(model, jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch)), 5, 10_000)))
+  np.testing.assert_array_equal(tokens[0], tokens[1])
+  np.testing.assert_array_equal(tokens[0], tokens[2])

@@ -112,10 +112,11 @@ def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
 
 
 @pytest.mark.parametrize("recipe_name", ["sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b"])
-def test_recipe_train_step_traces_at_every_bucket(recipe_name):
+def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   """The recipe's real-size step (float32 master weights, bf16 compute, full remat, padded MLPs,
   its optimizer) traced abstractly, no weights: every bucket's shapes go through, and the new
-  state has the old one's shapes and dtypes (else each step would recompile)."""
+  state has the old one's shapes and dtypes (else each step would recompile). Then greedy
+  generation at every evaluation bucket."""
   import importlib
   import jax
   import jax.numpy as jnp
@@ -123,6 +124,7 @@ def test_recipe_train_step_traces_at_every_bucket(recipe_name):
   from rewatch_jax.data import pipeline
   from rewatch_jax.models import Qwen25VL
   from rewatch_jax.models.inputs import ModelInputs
+  from rewatch_jax.sampling import greedy_generate
   from rewatch_jax.train import sft
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
   cfg = ModelConfig.from_dict(c.model.to_dict())
@@ -132,17 +134,27 @@ def test_recipe_train_step_traces_at_every_bucket(recipe_name):
   state = dict(params=params, opt_state=jax.eval_shape(tx.init, params), step=spec(),
                rng=spec(2, dtype=jnp.uint32), bad_streak=spec(), max_bad_streak=spec())
   step = sft.make_train_step(graphdef, tx, c.micro_batches, len(pipeline.TASKS))
+
+  def inputs(n, b):
+    return ModelInputs(input_ids=spec(n, b.length), attention_mask=spec(n, b.length), positions=spec(3, n, b.length),
+                       pixel_values=spec(n, b.patches, cfg.vision.patch_dim, dtype=jnp.uint8),
+                       vision_rotary_ids=spec(n, b.patches, 2), window_segment=spec(n, b.patches),
+                       frame_segment=spec(n, b.patches), vision_token_index=spec(n, b.length), frame_block=b.frame_block)
+
   for b in [pipeline.Bucket(**dict(b)) for b in c.data.buckets]:
-    n, length, slots, k = c.micro_batches, b.length, b.patches, b.loss_tokens
-    inputs = ModelInputs(input_ids=spec(n, length), attention_mask=spec(n, length), positions=spec(3, n, length),
-                         pixel_values=spec(n, slots, cfg.vision.patch_dim, dtype=jnp.uint8), vision_rotary_ids=spec(n, slots, 2),
-                         window_segment=spec(n, slots), frame_segment=spec(n, slots),
-                         vision_token_index=spec(n, length), frame_block=b.frame_block)
-    batch = dict(inputs=inputs, loss_index=spec(n, k), loss_targets=spec(n, k),
+    n, k = c.micro_batches, b.loss_tokens
+    batch = dict(inputs=inputs(n, b), loss_index=spec(n, k), loss_targets=spec(n, k),
                  loss_weights=spec(n, k, dtype=jnp.float32), task=spec(n))
     new_state, metrics = jax.eval_shape(step, state, batch)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
     assert metrics["loss"].dtype == jnp.float32
+  # and generation (evaluation; RL's sampler) at every evaluation bucket, with the recipe's remat,
+  # which the decode loop's trace once could not take
+  model = nnx.merge(graphdef, params)
+  for b in [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]:
+    tokens = nnx.eval_shape(lambda m, x: greedy_generate(m, x, c.eval.max_new_tokens, cfg.eos_token_id), model,
+                            inputs(1, b))
+    assert tokens.shape == (1, c.eval.max_new_tokens)
 
 
 # Parameter counts of the released checkpoints (Qwen/Qwen2.5-VL-{3B,7B}-Instruct model cards).

@@ -120,7 +120,9 @@ class TextModel(nnx.Module):
       slot = jnp.arange(valid.shape[1])
       q_slot = cache.index + jnp.arange(n)
     mask = valid[:, None, :] & (slot[None, None, :] <= q_slot[None, :, None])
-    layer_call = remat(lambda layer, *a: layer(*a), self.remat)
+    # (generation, with a cache, has no backward pass to save memory for; and nnx.remat of a layer
+    # inside the decode loop's trace fails)
+    layer_call = remat(lambda layer, *a: layer(*a), self.remat if cache is None else "none")
     ks, vs = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
