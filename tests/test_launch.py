@@ -44,6 +44,36 @@ def test_demo_runs_end_to_end(tmp_path):
   assert json.loads((tmp_path / "results.json").read_text())["after_sft"] == results["after_sft"]
 
 
+
+def test_recipe_runs_as_users_launch_it(tmp_path):
+  """`launch/train.py --config configs/sft_qwen2_5_vl_7b.py` as a TPU user runs it, its `:tiny`
+  variant on CPU: the tiny architecture with the recipe's numerics (float32 master weights, bf16
+  compute, full remat), its task mix by size, the Qwen vocabulary, the data prepared by
+  `launch/prepare.py`, evaluation after training. (It once stopped at start-up: the recipes had no
+  tokenizer field; and generation with remat failed to trace.)"""
+  from rewatch_jax.data import toyworld
+  toy = tmp_path / "toy"
+  toyworld.build(str(toy), count=3, seed=5, test_fraction=0.34)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  small = ["--fps=1", "--max_frames=4", f"--max_pixels={56 * 56}", f"--min_pixels={56 * 56}"]
+  for config, split, kind in (("caption", "train", "caption"), ("qa", "train", "qa"), ("cot", "train", "cot"),
+                              ("qa_eval", "test", "qa")):
+    out = subprocess.run([sys.executable, "launch/prepare.py", "--records", str(toy / f"{split}_{kind}.jsonl"),
+                          "--videos", str(toy), "--out", str(tmp_path / "data"), "--config", config, *small],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+  work = tmp_path / "run"
+  out = _train("--config", "configs/sft_qwen2_5_vl_7b.py:tiny", "--workdir", str(work),
+               f"--config.data.dir={tmp_path / 'data'}", "--config.data.batch_size=4", "--config.total_steps=2",
+               "--config.log_every_steps=1", "--config.eval.enabled=True", "--config.eval.limit=4",
+               "--config.eval.max_new_tokens=4")
+  assert out.returncode == 0, out.stderr[-3000:]
+  steps = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in steps] == [1, 2] and all(r["skipped_steps"] == 0 for r in steps)
+  results = json.loads((work / "results.json").read_text())
+  assert results["sft"]["steps"] == 2 and results["after_sft"]["n"] >= 4
+
 def test_mistyped_override_fails_at_start():
   out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.data.batch_sise=4")
   assert out.returncode != 0 and "batch_sise" in out.stderr
