@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "imageio-ffmpeg==0.8.1",
     "etils==1.15.0",
+    "gcsfs==2026.10.1",  # gs:// workdirs and HF folders (etils.epath opens them with it)
     "numpy>=2.0,<2.5",
     "tqdm>=4.66",
     "tensorboard==2.21.0",  # event files for metrics (no TensorFlow needed)

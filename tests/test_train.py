@@ -2,7 +2,9 @@
 checkpoints across device counts, and bit-exact resume after kill -9 of the real command."""
 
 import gzip
+import importlib
 import json
+import tempfile
 import os
 import signal
 import subprocess
@@ -453,3 +455,47 @@ def test_training_learns_to_read_the_video():
   assert (answers(test["inputs"]) == ks).mean() >= 0.75
   assert (answers(swapped) == ks[shift]).mean() >= 0.75  # it follows the frames it is shown
   assert (answers(swapped) == ks).mean() <= 0.4
+
+
+def test_metrics_on_an_object_store_keep_every_step(monkeypatch):
+  """A gs:// workdir: GCS objects cannot be appended to (gcsfs turns mode 'a' into 'w'), here an
+  in-memory filesystem that does the same stands in for the bucket. metrics.jsonl keeps every
+  step, a resumed writer keeps the earlier ones, and the TensorBoard file holds every event."""
+  import fsspec
+  fsspec_registry = importlib.import_module("fsspec.registry")  # (the module; fsspec.registry is its mapping)
+  from fsspec.implementations.memory import MemoryFileSystem
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  from rewatch_jax.train.metrics import MetricWriter
+
+  class Bucket(MemoryFileSystem):  # (what etils.epath opens gs:// paths with: fsspec's "gcs")
+    protocol = ("gcs", "gs")
+
+    def __init__(self, *args, finalize_on_close=True, **kwargs):
+      super().__init__(*args, **kwargs)
+
+    def _open(self, path, mode="rb", **kwargs):
+      return super()._open(path, mode.replace("a", "w"), **kwargs)
+
+  for p in Bucket.protocol:  # (undone after the test)
+    monkeypatch.setitem(fsspec_registry._registry, p, Bucket)
+  try:
+    workdir = "gs://bucket/run"
+    first = MetricWriter(workdir)
+    for step in (1, 2):
+      first.write(step, {"loss": 1.0 / step})
+    first.close()
+    again = MetricWriter(workdir)  # a resumed run
+    again.write(3, {"loss": 0.3})
+    again.close()
+    fs = Bucket()
+    rows = [json.loads(line) for line in fs.cat(f"{workdir}/metrics.jsonl").decode().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    steps = []
+    for name in fs.ls(f"{workdir}/tensorboard", detail=False):
+      local = tempfile.NamedTemporaryFile(suffix=".tfevents", delete=False).name
+      fs.get(name, local)
+      steps += [e.step for e in EventFileLoader(local).Load() if e.summary.value]
+    assert sorted(steps) == [1, 2, 3]
+  finally:
+    MemoryFileSystem.store.clear()
+    fsspec.AbstractFileSystem.clear_instance_cache()

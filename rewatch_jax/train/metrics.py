@@ -6,31 +6,49 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 
 from etils import epath
 
 
 class MetricWriter:
+  """metrics.jsonl and TensorBoard events under `workdir`. Object stores cannot append (gcsfs turns
+  mode 'a' into 'w': every write would replace the file with its last line), so on a `gs://`-style
+  workdir metrics.jsonl is written whole each time (what was there before a resume included) and
+  the event file is written locally and copied after each flush."""
+
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled and bool(workdir)
     self._tb = None
     if self.enabled:
       self.path = epath.Path(workdir) / "metrics.jsonl"
       self.path.parent.mkdir(parents=True, exist_ok=True)
+      self.remote = "://" in workdir
+      self._lines = self.path.read_text().splitlines(keepends=True) if self.remote and self.path.exists() else []
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      self._tb = EventFileWriter(os.fspath(epath.Path(workdir) / "tensorboard"))
+      self._tb_dir = epath.Path(workdir) / "tensorboard"
+      self._tb = EventFileWriter(tempfile.mkdtemp(prefix="rewatch-tb-") if self.remote else os.fspath(self._tb_dir))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     from tensorboard.compat.proto import event_pb2, summary_pb2
     clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    with self.path.open("a") as f:
-      f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items() if v is not None}}) + "\n")
+    line = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items() if v is not None}}) + "\n"
+    if self.remote:
+      self._lines.append(line)
+      self.path.write_text("".join(self._lines))
+    else:
+      with self.path.open("a") as f:
+        f.write(line)
     values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()]
     self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
     self._tb.flush()
+    if self.remote:
+      self._tb_dir.mkdir(parents=True, exist_ok=True)
+      for name in os.listdir(self._tb.get_logdir()):
+        (self._tb_dir / name).write_bytes(epath.Path(self._tb.get_logdir(), name).read_bytes())
 
   def close(self) -> None:
     if self._tb is not None:
