@@ -6,7 +6,8 @@ Qwen2.5-VL and ReWatch-R1 use, re-implemented here. Decoding runs the ffmpeg shi
 frames and scales them inside ffmpeg, so Python only ever sees the small resized frames, and the
 frames' true presentation times come back from ffmpeg's `showinfo`. In H.264 MP4s, the packets of
 unsampled non-reference frames, and of frames after the last sampled one of a closed group of
-pictures, are dropped before the decoder (`_drop_plan`).
+pictures, are dropped before the decoder (`_drop_plan`). Long videos that this cannot thin, sampled
+sparsely, are sampled by seeking to each frame instead (`_decode_seeking`).
 """
 
 from __future__ import annotations
@@ -480,7 +481,7 @@ def _scale(height: int, width: int, spec: VideoSpec) -> str:
 # keyframes every 2 s 2.2 s against 5.7 s whole, every 10 s (x264's default) 4.7 s against 6.1 s.
 # Much closer, half a long group per frame costs more than the frames between them.
 SEEK_GAP = 5.0
-SEEK_MEMORY = 512 * 2**20  # decoded pictures one seeking process may hold: 27 inputs of 1080p, 6 of 4K
+SEEK_MEMORY = 512 * 2**20  # decoded pictures one seeking process may hold: 28 inputs of 1080p, 7 of 4K
 _BRANCH_PTS = re.compile(r"showinfo@s(\d+) [^\n]*?n:\s*0 [^\n]*?pts_time:([-\d.e]+)")
 
 
