@@ -44,7 +44,6 @@ def test_demo_runs_end_to_end(tmp_path):
   assert json.loads((tmp_path / "results.json").read_text())["after_sft"] == results["after_sft"]
 
 
-
 def test_recipe_runs_as_users_launch_it(tmp_path):
   """`launch/train.py --config configs/sft_qwen2_5_vl_7b.py` as a TPU user runs it, its `:tiny`
   variant on CPU: the tiny architecture with the recipe's numerics (float32 master weights, bf16
@@ -73,6 +72,7 @@ def test_recipe_runs_as_users_launch_it(tmp_path):
   assert [r["step"] for r in steps] == [1, 2] and all(r["skipped_steps"] == 0 for r in steps)
   results = json.loads((work / "results.json").read_text())
   assert results["sft"]["steps"] == 2 and results["after_sft"]["n"] >= 4
+
 
 def test_mistyped_override_fails_at_start():
   out = _train("--config", "configs/demo.py", "--workdir", "/tmp/unused", "--config.data.batch_sise=4")
