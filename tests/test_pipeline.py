@@ -204,6 +204,32 @@ def test_training_batches_replace_examples_that_fit_no_bucket(data):
   assert pipeline.unfit_summary(data, "cot", _cfg(), BUCKETS) is None
 
 
+
+def test_a_process_whose_examples_all_fit_no_bucket_stands_in_its_batch_mates(data, monkeypatch):
+  """Two processes, batches mixing QA (fits the 200-token bucket) and CoT (does not): where all of
+  one process's rows are CoT, its rows become zero-weight copies of the global batch's shortest
+  fitting example (read from the other process's share), in the bucket both use."""
+  short = pipeline.Bucket(length=200, patches=512, frame_block=64)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  streams = []
+  for rank in range(2):
+    monkeypatch.setattr(jax, "process_index", lambda rank=rank: rank)
+    pc = pipeline.PipelineConfig(data_dir=data, batch_size=2, buckets=[short], weights={"qa": 1, "cot": 1},
+                                 batch_by_task=False, seed=1)
+    it = iter(pipeline.sft_dataset(pc, _cfg()))
+    streams.append([next(it) for _ in range(16)])
+  seen = 0
+  for a, b in zip(*streams):
+    for mine, theirs in ((a, b), (b, a)):
+      if len(mine["meta"]["unfit"]) == 2 and not theirs["meta"]["unfit"] == theirs["meta"]["id"]:
+        seen += 1
+        assert mine["inputs"].input_ids.shape == (2, 200) and mine["loss_weights"].sum() == 0
+        length = lambda r: sum(t != 151643 for t in r)
+        fitting = {tuple(r) for r in theirs["inputs"].input_ids[theirs["loss_weights"].sum(1) > 0].tolist()}
+        for r in map(tuple, mine["inputs"].input_ids.tolist()):
+          assert r in fitting and length(r) == min(map(length, fitting))
+  assert seen > 0
+
 def test_batches_go_onto_the_mesh_and_through_the_model(data):
   mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   pc = pipeline.PipelineConfig(data_dir=data, batch_size=8, buckets=BUCKETS)
