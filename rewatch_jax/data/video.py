@@ -592,8 +592,7 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
   plan = _drop_plan(path, unique, info.total_frames)
   if info.duration / len(unique) >= SEEK_GAP and (plan is None or len(plan[0]) < info.total_frames / 2):
     decoded = _decode_seeking(path, unique, info.fps, info.width * info.height, height, width, spec, threads, timeout)
-    plan = None
-  if plan is not None:
+  if decoded is None and plan is not None:  # (also where seeking failed: the plan still thins the decode)
     drop, select, times = plan
     try:
       decoded = _decode(path, select, drop, height, width, spec, threads, timeout)
