@@ -415,3 +415,22 @@ def test_seeking_that_misses_the_frames_falls_back(tmp_path, monkeypatch):
   seeking, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
   assert sum("-ss" in r for r in runs) >= 1 and "-ss" not in runs[-1]  # tried, then decoded whole
   np.testing.assert_array_equal(seeking.frames, whole.frames)
+
+
+def test_failed_seeking_still_decodes_through_the_drop_plan(tmp_path, monkeypatch):
+  """Seeking is tried where samples lie >= SEEK_GAP apart and the drop plan keeps more than half
+  the frames; where it fails, the plan still thins the decode (not every frame decoded)."""
+  path = str(tmp_path / "b.mp4")
+  _ffmpeg("-f", "lavfi", "-i", "testsrc2=duration=60:size=128x96:rate=20", "-c:v", "libx264", "-preset", "veryfast",
+          "-bf", "2", "-g", "600", "-pix_fmt", "yuv420p", path)
+  spec = VideoSpec(fps=0.1)
+  unique = np.unique(V.sample_indices(1200, V.smart_nframes(spec, 1200, 20.0)))
+  drop, _, _ = V._drop_plan(path, unique, 1200)
+  assert 60 / len(unique) >= V.SEEK_GAP and 0 < len(drop) < 600  # both paths apply
+  tried = []
+  monkeypatch.setattr(V, "_decode_seeking", lambda *a: tried.append(a) and None)
+  fast, fast_runs, plain, plain_runs = _decode_both_ways(path, monkeypatch, spec)
+  assert len(tried) == 2  # (also in the plain decode, which has no plan)
+  assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0] and "-/bsf:v" not in plain_runs[0]
+  np.testing.assert_array_equal(fast.frames, plain.frames)
+  np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
