@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,12 @@ def test_demo_runs_end_to_end(tmp_path):
   answers = [json.loads(line) for line in (tmp_path / "eval_after_sft.jsonl").read_text().splitlines()]
   assert {"id", "question", "answer", "response", "correct", "truncated"} <= set(answers[0])
   assert "after_sft" in out.stdout and "chance" in out.stdout and "perception" in out.stdout
+  # the guessers that never see a frame, on the same questions
+  assert results["chance"]["n"] == results["text only"]["n"] == results["after_sft"]["n"]
+  assert "text only" in out.stdout and 0 < results["chance"]["by_form"]["mc"] == 0.25
+  # evaluation's progress bar (with its ETA) runs to the number of batches
+  batches = -(-results["after_sft"]["n"] // 8)
+  assert re.search(rf"eval qa_eval \(swap\): 100%.*\b{batches}/{batches} \[", out.stderr), out.stderr[-2000:]
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
   assert (tmp_path / "checkpoints" / "3").exists() and (tmp_path / "metrics.jsonl").exists()
   # the pretraining stage: its own checkpoints and metrics, only the perception task

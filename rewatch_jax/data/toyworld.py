@@ -10,10 +10,13 @@ Everything is deterministic from the seed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+import re
 import subprocess
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -435,6 +438,34 @@ def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], lis
                         lineage=dataclasses.replace(lineage, extra={"hallucinated": fake}))
         (fakes if fake else cots).append(rec)
   return qas, cots, fakes
+
+
+def template(q: QARecord) -> tuple:
+  """The question with every world-specific word blanked: what a text-only guesser can key on."""
+  vocab = "|".join([*COLOURS, *BACKDROPS, *SHAPES, *SIZES, *SIDES, *WORDS])
+  return q.question_type, q.form, re.sub(rf"\b({vocab})s?\b|\d+:\d+|\d+", "_", q.question)
+
+
+def baselines(train: Sequence[QARecord], test: Sequence[QARecord]) -> dict[str, dict[str, bool | float]]:
+  """Two guessers on `test` that never see a frame, per record id (the demo prints them as rows):
+  * "text only": the most common training answer of the question's template (for multiple choice,
+    the option whose text is most often right): what a model can score from the question alone.
+  * "chance": the expected accuracy of a uniform guess, 1 / options for multiple choice, 1 / (the
+    number of answers the template takes in training) for open questions.
+  Returns {"text only": {id: right}, "chance": {id: probability right}}."""
+  counts = collections.defaultdict(collections.Counter)
+  for q in train:
+    counts[template(q)][q.answer_text] += 1
+  text, chance = {}, {}
+  for q in test:
+    c = counts[template(q)]
+    if q.form == "mc":
+      text[q.id] = max(q.options, key=lambda o: c[o]) == q.answer_text
+      chance[q.id] = 1 / len(q.options)
+    else:
+      text[q.id] = bool(c) and c.most_common(1)[0][0] == q.answer
+      chance[q.id] = 1 / len(c) if c else 0.0  # a template training never asks: no guess
+  return {"text only": text, "chance": chance}
 
 
 def _falsify(text: str, rng) -> str:

@@ -14,9 +14,10 @@ from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.models import ModelConfig
 
 
-def prepare_toyworld(config, workdir: str) -> set[str]:
+def prepare_toyworld(config, workdir: str) -> tuple[set[str], dict]:
   """Generate and prepare the demo's data under <workdir>/data unless it is already there; returns
-  the ids of the held-out perception questions (the results table shows their accuracy apart)."""
+  the ids of the held-out perception questions (the results table shows their accuracy apart) and
+  the guessers that never see a frame (`toyworld.baselines`: the table's first rows)."""
   tw = config.toyworld
   root = os.path.join(workdir, "data")
   toy, prepared = os.path.join(root, "toy"), os.path.join(root, "prepared")
@@ -35,7 +36,7 @@ def prepare_toyworld(config, workdir: str) -> set[str]:
       print(f"prepared {name}: {report['written']} examples ({len(report['skipped'])} skipped)")
   config.data.dir = config.eval.dir = prepared
   config.tokenizer = tokenizer
-  return {r.id for r in read("test", "perception")}
+  return {r.id for r in read("test", "perception")}, toyworld.baselines(read("train", "qa"), read("test", "qa"))
 
 
 def compilation_cache_dir(config, workdir: str, backend: str) -> str | None:
@@ -111,7 +112,7 @@ def run(config, workdir: str) -> dict:
   if config.profile.start < 0 or config.profile.steps < 0:
     raise ValueError(f"profile.start and profile.steps must be >= 0, got {config.profile.start} and "
                      f"{config.profile.steps}")
-  perception = prepare_toyworld(config, workdir) if config.toyworld.videos else set()
+  perception, guessers = prepare_toyworld(config, workdir) if config.toyworld.videos else (set(), {})
   _check_tokenizer(config)
   if config.eval.enabled:  # an evaluation batch with such an example raises: say so before training
     unfit = pipeline.unfit_summary(config.eval.dir or config.data.dir, config.eval.config,
@@ -144,6 +145,8 @@ def run(config, workdir: str) -> dict:
     results["after_sft"] = _evaluate(model, config, perception=perception)
     if config.eval.ablation:  # what the accuracy owes to the video (evaluate.py)
       results[f"after_sft_{config.eval.ablation}"] = _evaluate(model, config, config.eval.ablation, perception)
+  evaluated = next((r["predictions"] for r in results.values() if "predictions" in r), [])
+  results = {**guesser_rows(guessers, evaluated, perception), **results}
   if jax.process_index() == 0:
     for stage, r in results.items():  # every answer, to read or re-score: eval_<stage>.jsonl
       if "predictions" in r:
@@ -152,6 +155,24 @@ def run(config, workdir: str) -> dict:
     (epath.Path(workdir) / "results.json").write_text(json.dumps(summary, indent=2))
     print_table(results)
   return results
+
+
+def guesser_rows(guessers: dict[str, dict], predictions: list[dict], perception: set[str]) -> dict[str, dict]:
+  """Table rows for guessers that never see a frame (per question id: right, or the probability of
+  it), on the questions that were evaluated."""
+  mean = lambda xs: float(sum(xs) / len(xs))
+  rows = {}
+  for name, per_id in guessers.items():
+    scored = [(p, per_id[p["id"]]) for p in predictions if p["id"] in per_id]
+    if not scored:
+      continue
+    forms = sorted({p["form"] for p, _ in scored})
+    row = dict(accuracy=mean([x for _, x in scored]), parsed_rate=1.0, n=len(scored),
+               by_form={f: mean([x for p, x in scored if p["form"] == f]) for f in forms})
+    if any(p["id"] in perception for p, _ in scored):
+      row["perception"] = mean([x for p, x in scored if p["id"] in perception])
+    rows[name] = row
+  return rows
 
 
 def print_table(results: dict) -> None:
@@ -165,5 +186,7 @@ def print_table(results: dict) -> None:
     values = [v["by_form"].get(f, float("nan")) for f in forms] + [v.get("perception", float("nan"))] * ("perception" in cols)
     print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{x:>11.3f}" for x in values)
           + f"{v['parsed_rate']:>9.2f}{v['n']:>6}")
-  print("(chance: 0.25 on 4-way multiple choice; perception: the open questions about the backdrop;"
-        " *_swap: each question shown another video's frames, *_blank: frames blanked)")
+  print("(chance: a uniform guess, 1/4 on multiple choice, 1/(answers the question's template takes) when open;"
+        " text only: the most common training answer of the question's template, no frames; perception: the"
+        " open questions about the backdrop; *_swap: each question shown another video's frames, *_blank:"
+        " frames blanked)")
