@@ -167,7 +167,7 @@ def guesser_rows(guessers: dict[str, dict], predictions: list[dict], perception:
     if not scored:
       continue
     forms = sorted({p["form"] for p, _ in scored})
-    row = dict(accuracy=mean([x for _, x in scored]), parsed_rate=1.0, n=len(scored),
+    row = dict(accuracy=mean([x for _, x in scored]), n=len(scored),
                by_form={f: mean([x for p, x in scored if p["form"] == f]) for f in forms})
     if any(p["id"] in perception for p, _ in scored):
       row["perception"] = mean([x for p, x in scored if p["id"] in perception])
@@ -184,8 +184,8 @@ def print_table(results: dict) -> None:
   print("\n" + f"{'stage':<24}{'accuracy':>10}" + "".join(f"{c:>11}" for c in cols) + f"{'parsed':>9}{'n':>6}")
   for name, v in rows:
     values = [v["by_form"].get(f, float("nan")) for f in forms] + [v.get("perception", float("nan"))] * ("perception" in cols)
-    print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{x:>11.3f}" for x in values)
-          + f"{v['parsed_rate']:>9.2f}{v['n']:>6}")
+    parsed = f"{v['parsed_rate']:>9.2f}" if "parsed_rate" in v else f"{'-':>9}"
+    print(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{x:>11.3f}" for x in values) + f"{parsed}{v['n']:>6}")
   print("(chance: a uniform guess, 1/4 on multiple choice, 1/(answers the question's template takes) when open;"
         " text only: the most common training answer of the question's template, no frames; perception: the"
         " open questions about the backdrop; *_swap: each question shown another video's frames, *_blank:"
