@@ -52,11 +52,11 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       mix_by_size=True,
   ))
   # An optional first stage: `steps` steps of the same trainer on the `weights` task mix at
-  # `batch_size` (0: data.batch_size), with its own checkpoints under <workdir>/pretrain; then the
-  # SFT starts from its weights with a fresh optimizer. The demo's stand-in for the pretraining a
-  # real Qwen2.5-VL has had before ReWatch.
+  # `batch_size` (0: data.batch_size) and `warmup_steps` (0: optimizer.warmup_steps), with its own
+  # checkpoints under <workdir>/pretrain; then the SFT starts from its weights with a fresh
+  # optimizer. The demo's stand-in for the pretraining a real Qwen2.5-VL has had before ReWatch.
   c.pretrain = ml_collections.ConfigDict(dict(
-      steps=0, batch_size=0,
+      steps=0, batch_size=0, warmup_steps=0,
       weights=ml_collections.ConfigDict({"caption": 0.0, "qa": 0.0, "cot": 0.0, "perception": 1.0})))
   # A jax.profiler trace of `steps` train steps (0: none), from the `start`-th step after the run
   # (re)starts, past compilation; process 0 writes it to <workdir>/profile for TensorBoard's profile

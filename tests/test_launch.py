@@ -94,15 +94,19 @@ def test_bad_malloc_setting_is_named_without_a_traceback():
 
 
 def test_pretraining_stage_config_and_bad_values(tmp_path):
-  """The stage takes its steps, batch size (0: the SFT's) and task mix; the SFT config is untouched."""
+  """The stage takes its steps, batch size and warm-up (0: the SFT's) and task mix; the SFT config is
+  untouched."""
   from configs import demo
   from rewatch_jax.train import driver
   c = demo.get_config()
   stage = driver._pretrain_config(c)
   assert (stage.total_steps, stage.data.batch_size, stage.epochs) == (c.pretrain.steps, c.data.batch_size, 0.0)
   assert dict(stage.data.weights) == dict(c.pretrain.weights) and c.data.weights.caption > 0
-  c.pretrain.batch_size = 16
-  assert driver._pretrain_config(c).data.batch_size == 16 and c.data.batch_size == 8
+  assert stage.optimizer.warmup_steps == c.pretrain.warmup_steps != c.optimizer.warmup_steps
+  c.pretrain.batch_size, c.pretrain.warmup_steps = 16, 0
+  stage = driver._pretrain_config(c)
+  assert stage.data.batch_size == 16 and c.data.batch_size == 8
+  assert stage.optimizer.warmup_steps == c.optimizer.warmup_steps
   out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
                "--config.pretrain.steps=-5")
   assert out.returncode != 0 and "pretrain.steps" in out.stderr and not (tmp_path / "pretrain").exists()

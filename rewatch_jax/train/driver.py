@@ -65,12 +65,13 @@ def _check_tokenizer(config) -> None:
 
 
 def _pretrain_config(config):
-  """The SFT config with the pretraining stage's steps, batch size and task mix (same model,
-  optimizer settings and data)."""
+  """The SFT config with the pretraining stage's steps, batch size, warm-up and task mix (same
+  model, other optimizer settings and data)."""
   stage = config.copy_and_resolve_references()
   with stage.unlocked():
     stage.total_steps, stage.epochs = config.pretrain.steps, 0.0
     stage.data.batch_size = config.pretrain.batch_size or config.data.batch_size
+    stage.optimizer.warmup_steps = config.pretrain.warmup_steps or config.optimizer.warmup_steps
     stage.data.weights = config.pretrain.weights.copy_and_resolve_references()
   return stage
 
@@ -106,9 +107,9 @@ def run(config, workdir: str) -> dict:
     mesh = make_mesh(dict(config.mesh))
     config.eval.batch_size = config.eval.batch_size or pipeline.batch_rows(mesh)
     check_batch(config.eval.batch_size, mesh)
-  if config.pretrain.steps < 0 or config.pretrain.batch_size < 0:
-    raise ValueError(f"pretrain.steps and pretrain.batch_size must be >= 0, got {config.pretrain.steps} and "
-                     f"{config.pretrain.batch_size}")
+  if min(config.pretrain.steps, config.pretrain.batch_size, config.pretrain.warmup_steps) < 0:
+    raise ValueError(f"pretrain.steps, pretrain.batch_size and pretrain.warmup_steps must be >= 0, got "
+                     f"{config.pretrain.steps}, {config.pretrain.batch_size} and {config.pretrain.warmup_steps}")
   if config.profile.start < 0 or config.profile.steps < 0:
     raise ValueError(f"profile.start and profile.steps must be >= 0, got {config.profile.start} and "
                      f"{config.profile.steps}")
