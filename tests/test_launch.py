@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end(tmp_path):
   # the guessers that never see a frame, on the same questions
   assert results["chance"]["n"] == results["text only"]["n"] == results["after_sft"]["n"]
   assert "text only" in out.stdout and 0 < results["chance"]["by_form"]["mc"] == 0.25
+  assert 0 < results["chance"]["perception"] <= 1 and "parsed_rate" not in results["text only"]
   # evaluation's progress bar (with its ETA) runs to the number of batches
   batches = -(-results["after_sft"]["n"] // 8)
   assert re.search(rf"eval qa_eval \(swap\): 100%.*\b{batches}/{batches} \[", out.stderr), out.stderr[-2000:]
@@ -110,6 +111,9 @@ def test_pretraining_stage_config_and_bad_values(tmp_path):
   out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
                "--config.pretrain.steps=-5")
   assert out.returncode != 0 and "pretrain.steps" in out.stderr and not (tmp_path / "pretrain").exists()
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
+               "--config.pretrain.warmup_steps=-1")
+  assert out.returncode != 0 and "pretrain.warmup_steps" in out.stderr and not (tmp_path / "pretrain").exists()
 
 
 def test_bad_ablation_fails_before_training(tmp_path):
