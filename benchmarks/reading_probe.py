@@ -34,7 +34,7 @@ QUESTIONS = ("colour", "backdrop", "backdrop_change", "backdrop_start")
 
 def example(rng, question: str, frames: int, max_shapes: int, scale: float):
   """(uint8 frames [T, H, W, 3], question, answer)."""
-  from rewatch_jax.data import toyworld
+  from rewatch_jax.demo import toyworld
   names, colours = list(toyworld.BACKDROPS), list(toyworld.COLOURS)
   backdrop = names[rng.integers(len(names))]
   img = np.empty((H, W, 3), np.uint8)
@@ -65,13 +65,13 @@ def example(rng, question: str, frames: int, max_shapes: int, scale: float):
 
 def encode(tok, cfg, frames, question, answer) -> dict:
   """The shared example encoder, on the frames as a 1 fps video (the demo's rate)."""
-  from rewatch_jax.data import records as R
+  from rewatch_jax.data import records
   from rewatch_jax.data.processor import encode_example
   from rewatch_jax.data.video import Video
   t = len(frames)
   video = Video(frames=frames, timestamps=np.arange(t, dtype=np.float64), path="still", source_fps=1.0,
                 total_frames=t, duration=float(t), spec_hash="")
-  rec = R.QARecord(video="videos/still.mp4", question=question, answer=answer, question_type="object_recognition",
+  rec = records.QARecord(video="videos/still.mp4", question=question, answer=answer, question_type="object_recognition",
                    duration=float(t))
   return dict(encode_example(rec, video, tok, "direct", cfg), task=np.int32(1), id=question)
 
@@ -99,10 +99,11 @@ def main():
   import jax.numpy as jnp
   from flax import nnx
   from configs import demo
-  from rewatch_jax.data import chat, pipeline, toyworld
+  from rewatch_jax.data import chat, pipeline
+  from rewatch_jax.demo import toyworld
   from rewatch_jax.models.sharding import axis_rules
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
 
   with tempfile.TemporaryDirectory() as tmp:  # the toy tokenizer, trained on a few toy worlds
     toyworld.build(tmp, count=4, seed=0, duration=(8, 8), shapes=(1, 2))

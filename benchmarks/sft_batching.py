@@ -27,7 +27,7 @@ def run(config, by_task: bool, steps: int) -> dict:
   from rewatch_jax.models import ModelConfig
   from rewatch_jax.models.sharding import axis_rules
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
   mesh = make_mesh(dict(config.mesh))
   graphdef, params, _ = nnx.split(sft.build_model(config, mesh), nnx.Param, ...)
   tx, _ = sft.make_optimizer(config.optimizer, steps, params)

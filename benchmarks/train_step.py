@@ -55,7 +55,7 @@ def time_train_step(model, batch, steps: int, profile_dir: str = ""):
   import jax
   from flax import nnx
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   tx, _ = sft.make_optimizer(_optimizer(1e-5), 100, params)
   state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
@@ -113,7 +113,7 @@ def compile_count(steps: int) -> int:
   from flax import nnx
   from rewatch_jax.models import Qwen25VL, from_hf_inputs, get_preset
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
   cfg = get_preset("tiny")
   rng = np.random.default_rng(0)
   oc = _optimizer(1e-4)

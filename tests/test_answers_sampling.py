@@ -39,7 +39,7 @@ def test_an_answer_cut_off_mid_way_is_told_apart():
 def test_greedy_generate_matches_manual_decoding():
   from tests.hf_reference import make_batch, tiny_config
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
-  from rewatch_jax.sampling import greedy_generate
+  from rewatch_jax.generate import greedy_generate
   cfg = tiny_config()
   model = Qwen25VL(cfg, rngs=nnx.Rngs(3))
   batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2]], seed=4)
@@ -60,7 +60,7 @@ def test_generation_with_remat_configured():
   the same tokens (remat is for the backward pass; in the decode loop it once failed to trace)."""
   from tests.hf_reference import make_batch, tiny_config
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
-  from rewatch_jax.sampling import greedy_generate
+  from rewatch_jax.generate import greedy_generate
   tokens = []
   for policy in ("none", "full", "dots"):
     cfg = tiny_config().replace(remat=policy)

@@ -86,15 +86,16 @@ def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
   equal min/max pixels, rounding up, to as many as 14,784 video tokens at 1:4.)"""
   import importlib
   import numpy as np
-  from rewatch_jax.data import pipeline, video as V
+  from rewatch_jax.data import pipeline
+  from rewatch_jax.data.video import VideoSpec, frame_size
   from rewatch_jax.data.processor import video_grid
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
-  spec, cfg = V.VideoSpec(**c.video_spec.to_dict()), ModelConfig.from_dict(c.model.to_dict())
+  spec, cfg = VideoSpec(**c.video_spec.to_dict()), ModelConfig.from_dict(c.model.to_dict())
   train = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
   evaluation = [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]
 
   def check(height, width, frames, text):
-    h, w = V.frame_size(spec, height, width, frames)
+    h, w = frame_size(spec, height, width, frames)
     grid = np.array(video_grid(frames, h, w, cfg.vision))
     ex = dict(video_grid_thw=grid, input_ids=np.zeros(int(grid.prod()) // cfg.vision.merge_unit + text),
               loss_mask=np.ones(4, bool))
@@ -124,7 +125,7 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   from rewatch_jax.data import pipeline
   from rewatch_jax.models import Qwen25VL
   from rewatch_jax.models.inputs import ModelInputs
-  from rewatch_jax.sampling import greedy_generate
+  from rewatch_jax.generate import greedy_generate
   from rewatch_jax.train import sft
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
   cfg = ModelConfig.from_dict(c.model.to_dict())

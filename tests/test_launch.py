@@ -58,7 +58,7 @@ def test_recipe_runs_as_users_launch_it(tmp_path):
   compute, full remat), its task mix by size, the Qwen vocabulary, the data prepared by
   `launch/prepare.py`, evaluation after training. (It once stopped at start-up: the recipes had no
   tokenizer field; and generation with remat failed to trace.)"""
-  from rewatch_jax.data import toyworld
+  from rewatch_jax.demo import toyworld
   toy = tmp_path / "toy"
   toyworld.build(str(toy), count=3, seed=5, test_fraction=0.34)
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -201,7 +201,7 @@ def test_build_model_from_hf_takes_the_runtime_options(hf_dir):
   """config.model's dtype, param_dtype, remat and attention all reach a model loaded from HF
   (the compute dtype used to be forced to the parameter dtype)."""
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
   from tests.conftest import small_sft_config
   c = small_sft_config()
   c.init_from_hf = hf_dir

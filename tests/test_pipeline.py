@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rewatch_jax.data import pipeline, records as R, tfds_rewatch, toyworld
+from rewatch_jax.data import pipeline, records, tfds_rewatch
+from rewatch_jax.demo import toyworld
 from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.models import Qwen25VL, get_preset
 
@@ -20,7 +21,7 @@ BUCKETS = [pipeline.Bucket(length=640, patches=512, frame_block=64)]
 def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipe")
   toyworld.build(str(root / "toy"), count=3, seed=21, test_fraction=0.34)
-  read = lambda name: list(R.read_jsonl(str(root / "toy" / f"train_{name}.jsonl")))
+  read = lambda name: list(records.read_jsonl(str(root / "toy" / f"train_{name}.jsonl")))
   caps = read("caption")
   qas = read("qa")
   two_videos = [q for pair in zip(qas[:3], qas[-3:]) for q in pair]  # alternating videos
@@ -244,20 +245,20 @@ def test_batches_go_onto_the_mesh_and_through_the_model(data):
 
 
 def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch):
-  from rewatch_jax import evaluate as E
+  from rewatch_jax.evaluation import accuracy
   from rewatch_jax.data import chat
-  from rewatch_jax.evaluate import evaluate
+  from rewatch_jax.evaluation import evaluate
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
   fed = []  # the pixel rows each generation saw
-  generate = E.greedy_generate
-  monkeypatch.setattr(E, "greedy_generate", lambda m, x, *a: fed.append(np.asarray(x.pixel_values)) or generate(m, x, *a))
+  generate = accuracy.greedy_generate
+  monkeypatch.setattr(accuracy, "greedy_generate", lambda m, x, *a: fed.append(np.asarray(x.pixel_values)) or generate(m, x, *a))
   run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[:1], batch_size=6,
                                   max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, ablation=ablation)
   seen, blind, swap = run(""), run("blank"), run("swap")
   assert fed[0].dtype == np.uint8 and fed[0].any()  # the pipeline's raw rows, normalised by the model
   assert fed[1].dtype == np.float32 and not fed[1].any()  # blank: normalised zeros (mid-grey), not black
   assert seen["n"] == blind["n"] == swap["n"] == 6 and 0 <= seen["accuracy"] <= seen["parsed_rate"] <= 1
-  assert set(seen["by_type"]) <= set(R.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
+  assert set(seen["by_type"]) <= set(records.QUESTION_TYPES) and set(seen["by_form"]) <= {"mc", "open"}
   assert swap["swapped"] == 1.0 and "swapped" not in seen  # one batch of 3 + 3 questions
   assert seen["video_spec_hash"] == SPEC.hash  # the report says which frames it scored
   # the same prompts, different pixels: a random model's greedy tokens change
@@ -274,7 +275,7 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
 
 def test_swap_gives_each_question_another_videos_frames(data):
   import json
-  from rewatch_jax.evaluate import swap_videos
+  from rewatch_jax.evaluation import swap_videos
   batch = next(iter(pipeline.eval_dataset(_pc(data, batch_size=6), _cfg(), "rl")))  # 3 + 3 questions
   videos = [json.loads(r)["video"] for r in batch["meta"]["record"]]
   assert sorted(collections.Counter(videos).values()) == [3, 3]

@@ -4,43 +4,43 @@ import json
 
 import pytest
 
-from rewatch_jax.data import records as R
+from rewatch_jax.data import records
 
 
 def _qa(**kw):
   base = dict(video="clips/a.mp4", question="How many red squares appear?", answer="3",
               question_type="counting")
-  return R.QARecord(**{**base, **kw})
+  return records.QARecord(**{**base, **kw})
 
 
 def test_caption_text_round_trip():
   text = "[00:00-00:05] A red square enters.\n\n[00:05-01:12] It turns blue and leaves."
-  segs = R.parse_caption(text)
-  assert segs[1] == R.Segment(5.0, 72.0, "It turns blue and leaves.")
-  assert R.render_caption(segs) == text.replace("\n\n", "\n")
-  assert R.parse_timestamp("01:02:03") == 3723.0
-  with pytest.raises(R.RecordError, match="MM:SS-MM:SS"):
-    R.parse_caption("00:00 a square")
+  segs = records.parse_caption(text)
+  assert segs[1] == records.Segment(5.0, 72.0, "It turns blue and leaves.")
+  assert records.render_caption(segs) == text.replace("\n\n", "\n")
+  assert records.parse_timestamp("01:02:03") == 3723.0
+  with pytest.raises(records.RecordError, match="MM:SS-MM:SS"):
+    records.parse_caption("00:00 a square")
 
 
 def test_ids_are_stable_and_distinct():
   assert _qa().id == _qa().id and _qa().id.startswith("qa-")
   assert _qa(answer="4").id != _qa().id
   cot = dict(reasoning="<action>look</action><observation>3</observation><answer>3</answer>")
-  assert R.CoTRecord(**_qa().__dict__ | {"id": "", "kind": "cot"} | cot).id.startswith("cot-")
+  assert records.CoTRecord(**_qa().__dict__ | {"id": "", "kind": "cot"} | cot).id.startswith("cot-")
 
 
 def test_jsonl_round_trip(tmp_path):
   recs = [
-      R.CaptionRecord(video="v.mp4", duration=8.0, segments=(R.Segment(0, 8, "A circle moves."),),
-                      lineage=R.Lineage(source="toyworld", video_spec_hash="abc")),
+      records.CaptionRecord(video="v.mp4", duration=8.0, segments=(records.Segment(0, 8, "A circle moves."),),
+                      lineage=records.Lineage(source="toyworld", video_spec_hash="abc")),
       _qa(form="mc", options=("2", "3", "4", "5"), answer="B"),
-      R.CoTRecord(video="v.mp4", question="q?", answer="x", question_type="causal",
+      records.CoTRecord(video="v.mp4", question="q?", answer="x", question_type="causal",
                   reasoning="I check.<action>re-watch 00:01-00:03</action><observation>x</observation><answer>x</answer>"),
   ]
   path = tmp_path / "r.jsonl"
-  assert R.write_jsonl(str(path), recs) == 3
-  assert list(R.read_jsonl(str(path))) == recs
+  assert records.write_jsonl(str(path), recs) == 3
+  assert list(records.read_jsonl(str(path))) == recs
   assert recs[1].answer_text == "3"
 
 
@@ -56,10 +56,10 @@ def test_jsonl_round_trip(tmp_path):
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
   path = tmp_path / "r.jsonl"
-  good = json.dumps(R.to_json(_qa()))
+  good = json.dumps(records.to_json(_qa()))
   path.write_text(good + "\n" + line + "\n")
-  with pytest.raises(R.RecordError, match=message) as err:
-    list(R.read_jsonl(str(path)))
+  with pytest.raises(records.RecordError, match=message) as err:
+    list(records.read_jsonl(str(path)))
   assert "r.jsonl:2" in str(err.value)
 
 
@@ -68,9 +68,9 @@ def test_resolve_video_rejects_symlink_escape(tmp_path):
   root.mkdir()
   (tmp_path / "secret.mp4").write_bytes(b"x")
   (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
-  assert R.resolve_video(str(root), "sub/../a.mp4") == str((root / "a.mp4").resolve())
-  with pytest.raises(R.RecordError, match="outside"):
-    R.resolve_video(str(root), "link.mp4")
+  assert records.resolve_video(str(root), "sub/../a.mp4") == str((root / "a.mp4").resolve())
+  with pytest.raises(records.RecordError, match="outside"):
+    records.resolve_video(str(root), "link.mp4")
 
 
 def test_import_rewatch_release_files(tmp_path):
@@ -84,17 +84,17 @@ def test_import_rewatch_release_files(tmp_path):
                          "<answer>The door</answer>")]
   for name, data in (("caption.json", cap), ("qa.json", qa), ("cot.json", cot)):
     (tmp_path / name).write_text(json.dumps(data))
-  (c,) = R.import_rewatch(str(tmp_path / "caption.json"), "caption")
+  (c,) = records.import_rewatch(str(tmp_path / "caption.json"), "caption")
   assert c.video == "Video-R1/LLaVA-Video/x.mp4" and c.duration == 9 and c.lineage.source == "Video-R1"
-  q1, q2 = R.import_rewatch(str(tmp_path / "qa.json"), "qa")
+  q1, q2 = records.import_rewatch(str(tmp_path / "qa.json"), "qa")
   assert q1.question_type == "event_localization" and q1.form == "open"
   assert (q2.form, q2.answer, q2.answer_text, q2.question_type) == ("mc", "C", "green", "reading")
-  (t,) = R.import_rewatch(str(tmp_path / "cot.json"), "cot")
+  (t,) = records.import_rewatch(str(tmp_path / "cot.json"), "cot")
   assert t.kind == "cot" and "<observation>" in t.reasoning
   bad = [dict(qa[0], video_path="../x.mp4")]
   (tmp_path / "bad.json").write_text(json.dumps(bad))
-  with pytest.raises(R.RecordError, match=r"bad.json\[0\].*escapes"):
-    R.import_rewatch(str(tmp_path / "bad.json"), "qa")
+  with pytest.raises(records.RecordError, match=r"bad.json\[0\].*escapes"):
+    records.import_rewatch(str(tmp_path / "bad.json"), "qa")
 
 
 def test_import_video_r1(tmp_path):
@@ -105,6 +105,6 @@ def test_import_video_r1(tmp_path):
            {"problem": "What is in the image?", "problem_type": "free-form", "solution": "<answer>a cat</answer>",
             "path": "./Image/cat.jpg", "data_type": "image"}]  # Video-R1-260k mixes images in: left out
   (tmp_path / "r1.json").write_text(json.dumps(items))
-  a, b = R.import_video_r1(str(tmp_path / "r1.json"))
+  a, b = records.import_video_r1(str(tmp_path / "r1.json"))
   assert (a.form, a.answer, a.question_type, a.video) == ("mc", "B", "other", "Video-R1/videos/1.mp4")
   assert (b.answer, b.question_type) == ("STOP", "reading")

@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from rewatch_jax.data import chat, records as R, tfds_rewatch, toyworld
-from rewatch_jax.data.video import VideoSpec, load_video
+from rewatch_jax.data import chat, records, tfds_rewatch
+from rewatch_jax.demo import toyworld
+from rewatch_jax.data.video import VideoSpec, decode, load_video
 from rewatch_jax.data.video_store import VideoStore
 
 SPEC = VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 84, total_pixels=8 * 56 * 84)
@@ -23,7 +24,7 @@ def toy(tmp_path_factory):
 
 
 def _records(toy, split, kind):
-  return list(R.read_jsonl(str(toy / f"{split}_{kind}.jsonl")))
+  return list(records.read_jsonl(str(toy / f"{split}_{kind}.jsonl")))
 
 
 @pytest.mark.parametrize("config", ["caption", "qa", "cot", "rl"])
@@ -70,7 +71,7 @@ def test_bad_videos_are_skipped_and_reported(toy, tmp_path):
   recs = _records(toy, "train", "caption")
   with open(videos / recs[0].video, "r+b") as f:
     f.truncate(200)  # corrupt one video
-  escaping = R.CaptionRecord(video="videos/x.mp4", duration=3, segments=(R.Segment(0, 3, "x"),))
+  escaping = records.CaptionRecord(video="videos/x.mp4", duration=3, segments=(records.Segment(0, 3, "x"),))
   object.__setattr__(escaping, "video", "../outside.mp4")  # bypass validation, as a hand-edited file might
   report = tfds_rewatch.prepare(str(tmp_path / "out"), "caption", recs + [escaping], str(videos), SPEC)
   assert report["written"] == len(recs) - 1 and len(report["skipped"]) == 2
@@ -140,11 +141,10 @@ def test_duplicate_records_are_reported_not_fatal(toy, tmp_path):
 @pytest.mark.parametrize("cache", [False, True])
 def test_each_video_is_decoded_once_across_records_and_configs(toy, tmp_path, monkeypatch, cache):
   """The second config reads the videos the first one stored; with a frame cache too."""
-  from rewatch_jax.data import video as V
   calls = []
-  real = V.load_video
+  real = decode.load_video
   counted = lambda path, spec=VideoSpec(), **k: calls.append(path) or real(path, spec, **k)
-  monkeypatch.setattr(V, "load_video", counted)  # FrameCache's
+  monkeypatch.setattr(decode, "load_video", counted)  # FrameCache's
   monkeypatch.setattr(tfds_rewatch, "load_video", counted)
   kw = dict(cache_dir=str(tmp_path / "cache")) if cache else {}
   qa, cot = _records(toy, "train", "qa")[:8], _records(toy, "train", "cot")[:8]

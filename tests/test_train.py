@@ -22,7 +22,7 @@ from rewatch_jax.data import pipeline
 from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.models import ModelConfig, Qwen25VL, from_hf_inputs
 from rewatch_jax.train import sft
-from rewatch_jax.train.mesh import make_mesh
+from rewatch_jax.mesh import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,14 +205,14 @@ def test_evaluation_that_would_fail_fails_before_training(prepared, tmp_path):
 def test_evaluation_on_frames_of_another_videospec_is_flagged(prepared, monkeypatch, capsys):
   """The driver compares the VideoSpec of the evaluated data with the training data's (the drift
   video-RL users report most) and says so when they differ."""
-  from rewatch_jax import evaluate as E
+  from rewatch_jax import evaluation
   from rewatch_jax.train import driver
   _, data_dir, tokenizer = prepared
   c = small_config()
   c.data.dir, c.tokenizer = data_dir, tokenizer
   trained = driver.tfds_rewatch.video_spec_of(data_dir, ["qa"])
   for spec_hash, warned in ((trained["video_spec_hash"], False), ("another", True)):
-    monkeypatch.setattr(E, "evaluate", lambda *a, **k: dict(video_spec_hash=spec_hash, video_spec={}, predictions=[],
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: dict(video_spec_hash=spec_hash, video_spec={}, predictions=[],
                                                            cut_off=0, n=0))
     driver._evaluate(None, c)
     assert ("evaluation data was decoded with VideoSpec" in capsys.readouterr().out) == warned
@@ -246,7 +246,7 @@ def test_train_flops_count_the_model_matmuls():
 
 def test_train_writes_metrics_and_restores_on_another_device_count(prepared, tmp_path, monkeypatch):
   _, data_dir, tokenizer = prepared
-  monkeypatch.setattr(sft.M, "peak_flops", lambda kind: 1e12)  # a CPU has no listed peak: pretend
+  monkeypatch.setattr(sft.metrics, "peak_flops", lambda kind: 1e12)  # a CPU has no listed peak: pretend
   c = small_config()
   c.data.dir, c.tokenizer = data_dir, tokenizer
   c.mesh.data, c.mesh.fsdp = 2, 4
@@ -406,7 +406,7 @@ def test_training_learns_to_read_the_video():
   frames, and given another example's frames they follow those. With the visual tokens not
   reaching the language model it fails (checked: 0.20)."""
   from configs import demo
-  from rewatch_jax.data import toyworld
+  from rewatch_jax.demo import toyworld
   from rewatch_jax.data.processor import frames_to_patches
   from rewatch_jax.models.sharding import axis_rules
   c = demo.get_config("sft")

@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from rewatch_jax.data import video as V
-from rewatch_jax.data.video import FrameCache, VideoError, VideoSpec, load_video
+from rewatch_jax.data.video import (FrameCache, VideoError, VideoSpec, cache, decode, ffmpeg, frame_size, h264,
+                                    load_video, mp4, sample_indices, seeking, smart_nframes, smart_resize, source)
 
 
 def _clips():
@@ -20,7 +20,7 @@ def _clips():
 
 
 def _ffmpeg(*args):
-  subprocess.run([V.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+  subprocess.run([ffmpeg.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
 def make_video(path, seconds=2.0, size="64x48", fps=10, pix_fmt="yuv420p"):
@@ -39,7 +39,7 @@ def make_video(path, seconds=2.0, size="64x48", fps=10, pix_fmt="yuv420p"):
     (1000, 1000, 3136, 12845056, (1008, 1008)),  # round to 28
 ])
 def test_smart_resize_known_values(h, w, lo, hi, expected):
-  assert V.smart_resize(h, w, 28, lo, hi) == expected
+  assert smart_resize(h, w, 28, lo, hi) == expected
 
 
 def test_smart_resize_properties_over_many_sizes():
@@ -47,14 +47,14 @@ def test_smart_resize_properties_over_many_sizes():
   for h, w in rng.integers(16, 4000, (500, 2)):
     if max(h, w) / min(h, w) > 200:
       continue
-    rh, rw = V.smart_resize(int(h), int(w), 28, 128 * 784, 128 * 784)
+    rh, rw = smart_resize(int(h), int(w), 28, 128 * 784, 128 * 784)
     assert rh % 28 == 0 and rw % 28 == 0
     if rh * rw > 128 * 784:  # only the ceil branch may exceed max_pixels, never by a full row
       assert round(h / 28) * round(w / 28) * 784 < 128 * 784 or (rh - 28) * rw < 128 * 784
     if max(h, w) / min(h, w) < 4:  # extreme ratios are clamped to one 28-pixel row
       assert abs(math.log((rh / rw) / (h / w))) < 0.35
   with pytest.raises(ValueError, match="aspect ratio"):
-    V.smart_resize(10, 3000)
+    smart_resize(10, 3000)
 
 
 def test_smart_nframes_over_many_durations():
@@ -64,16 +64,16 @@ def test_smart_nframes_over_many_durations():
       total = int(seconds * fps)
       if total < 2:
         continue
-      n = V.smart_nframes(spec, total, fps)
+      n = smart_nframes(spec, total, fps)
       want = min(max(total / fps * 2, 4), min(192, total) // 2 * 2, total) // 2 * 2
       assert n == want and n % 2 == 0 and 2 <= n <= min(192, total)
   with pytest.raises(ValueError, match="even number"):
-    V.smart_nframes(spec, 1, 25)
+    smart_nframes(spec, 1, 25)
 
 
 def test_total_pixel_budget_shrinks_frames():
   spec = VideoSpec(min_pixels=16 * 784, max_pixels=768 * 784, total_pixels=1024 * 784)
-  h, w = V.frame_size(spec, 720, 1280, nframes=64)  # 32 pixels-of-784 per frame pair budget
+  h, w = frame_size(spec, 720, 1280, nframes=64)  # 32 pixels-of-784 per frame pair budget
   assert h * w <= 32 * 784 and h % 28 == 0
 
 
@@ -90,11 +90,11 @@ def test_real_clips(name):
   path = os.path.join(_clips(), name)
   spec = VideoSpec()
   v = load_video(path, spec)
-  info = V.probe(path)
-  n = V.smart_nframes(spec, info.total_frames, info.fps)
-  h, w = V.frame_size(spec, info.height, info.width, n)
+  info = source.probe(path)
+  n = smart_nframes(spec, info.total_frames, info.fps)
+  h, w = frame_size(spec, info.height, info.width, n)
   assert v.frames.shape == (n, h, w, 3) and v.frames.dtype == np.uint8
-  expected_t = V.sample_indices(info.total_frames, n) / info.fps
+  expected_t = sample_indices(info.total_frames, n) / info.fps
   np.testing.assert_allclose(v.timestamps, expected_t, atol=0.021)
   assert v.spec_hash == spec.hash and abs(v.sample_fps - 2.0) < 0.15
 
@@ -127,8 +127,8 @@ def test_rotated_videos_decode_upright(tmp_path, monkeypatch, header):
   rotated = str(tmp_path / "rotated.mp4")
   _ffmpeg("-display_rotation", "90", "-i", plain, "-c", "copy", rotated)
   if header == "ffmpeg's probe":
-    monkeypatch.setattr(V, "_mp4_probe", lambda path: None)
-  info = V.probe(rotated)
+    monkeypatch.setattr(source, "probe_header", lambda path: None)
+  info = source.probe(rotated)
   assert (info.width, info.height) == (72, 128)
   upright, stored = load_video(rotated).frames, load_video(plain).frames
   assert upright.shape[1:3] == stored.shape[2:0:-1]
@@ -138,8 +138,8 @@ def test_rotated_videos_decode_upright(tmp_path, monkeypatch, header):
 def test_decode_timeout_grows_with_the_video(tmp_path, monkeypatch):
   """A fixed limit would skip long videos (hour-long benchmarks) that decode slowly but surely."""
   path = make_video(tmp_path / "v.mp4", seconds=30.0, size="32x32", fps=2)
-  limits, real = [], V._run
-  monkeypatch.setattr(V, "_run", lambda args, p, timeout: limits.append(timeout) or real(args, p, timeout))
+  limits, real = [], ffmpeg.run
+  monkeypatch.setattr(ffmpeg, "run", lambda args, p, timeout: limits.append(timeout) or real(args, p, timeout))
   load_video(path, timeout=5.0)
   assert limits and all(t == pytest.approx(35.0) for t in limits)
   with pytest.raises(VideoError, match="timed out"):  # and the limit still bites
@@ -165,7 +165,7 @@ def test_sampled_frames_are_the_right_frames():
   gen = imageio_ffmpeg.read_frames(path, output_params=["-sws_flags", "bicubic+full_chroma_int+accurate_rnd"])
   meta = next(gen)
   frames = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in gen]
-  idx = V.sample_indices(len(frames), len(v.frames))
+  idx = sample_indices(len(frames), len(v.frames))
   h, w = v.frames.shape[1:3]
   for k, i in enumerate(idx):
     ref = np.asarray(pil.fromarray(frames[i]).resize((w, h), pil.BICUBIC)).astype(float)
@@ -213,18 +213,18 @@ def test_frame_cache_decodes_once(tmp_path, monkeypatch):
   path = make_video(tmp_path / "a.mp4", seconds=3)
   copy = tmp_path / "copy of a.mp4"
   copy.write_bytes(open(path, "rb").read())
-  cache = FrameCache(str(tmp_path / "cache"))
-  first = cache.load(path)
+  frames = FrameCache(str(tmp_path / "cache"))
+  first = frames.load(path)
   calls = []
-  monkeypatch.setattr(V, "load_video", lambda *a, **k: calls.append(a) or first)
-  again = cache.load(str(copy))  # same content, other path: a hit
+  monkeypatch.setattr(decode, "load_video", lambda *a, **k: calls.append(a) or first)
+  again = frames.load(str(copy))  # same content, other path: a hit
   np.testing.assert_array_equal(again.frames, first.frames)
   np.testing.assert_array_equal(again.timestamps, first.timestamps)
   assert again.path == str(copy) and not calls
-  cache.load(path, VideoSpec(fps=1.0))  # another spec: a miss
+  frames.load(path, VideoSpec(fps=1.0))  # another spec: a miss
   assert len(calls) == 1
-  monkeypatch.setattr(V, "DECODER_VERSION", V.DECODER_VERSION + 1)
-  cache.load(path)  # frames of an older decoder are not served
+  monkeypatch.setattr(cache, "DECODER_VERSION", cache.DECODER_VERSION + 1)
+  frames.load(path)  # frames of an older decoder are not served
   assert len(calls) == 2
 
 
@@ -233,7 +233,7 @@ def test_long_video_samples_max_frames(tmp_path):
   path = make_video(tmp_path / "long.mp4", seconds=110, size="64x48", fps=4)
   v = load_video(path, VideoSpec(min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=192 * 56 * 56))
   assert v.frames.shape[0] == 192
-  np.testing.assert_allclose(v.timestamps, V.sample_indices(440, 192) / 4, atol=1e-6)
+  np.testing.assert_allclose(v.timestamps, sample_indices(440, 192) / 4, atol=1e-6)
   assert np.all(np.diff(v.timestamps) > 0)
 
 
@@ -241,13 +241,13 @@ def test_header_probe_agrees_with_ffmpeg(tmp_path):
   paths = [os.path.join(_clips(), n) for n in sorted(os.listdir(_clips()))]
   paths.append(make_video(tmp_path / "b.mp4", seconds=3, size="96x64", fps=24))
   for path in paths:
-    fast, slow = V._mp4_probe(path), V._ffmpeg_probe(path)
+    fast, slow = source.probe_header(path), source.probe_ffmpeg(path)
     assert fast is not None, path
     assert (fast.width, fast.height, fast.total_frames) == (slow.width, slow.height, slow.total_frames)
     assert abs(fast.fps - slow.fps) < 0.01 and abs(fast.duration - slow.duration) < 0.05
   mkv = tmp_path / "c.mkv"
   _ffmpeg("-f", "lavfi", "-i", "testsrc=duration=2:size=64x48:rate=10", "-c:v", "libx264", str(mkv))
-  assert V._mp4_probe(str(mkv)) is None and load_video(str(mkv)).frames.shape[0] == 4  # ffmpeg path
+  assert source.probe_header(str(mkv)) is None and load_video(str(mkv)).frames.shape[0] == 4  # ffmpeg path
 
 
 # ---- unsampled non-reference frames are dropped before the decoder, with identical results ----
@@ -261,12 +261,12 @@ def make_bframe_video(path, *extra, seconds=10, fps=20, audio=False):
 
 def _decode_both_ways(path, monkeypatch, spec=VideoSpec()):
   """load_video as it is and with the drop disabled, and the ffmpeg argument lists of each."""
-  runs, real = [], V._run
-  monkeypatch.setattr(V, "_run", lambda args, *a: runs.append(args) or real(args, *a))
+  runs, real = [], ffmpeg.run
+  monkeypatch.setattr(ffmpeg, "run", lambda args, *a: runs.append(args) or real(args, *a))
   fast = load_video(path, spec)
   fast_runs = runs[:]
   with monkeypatch.context() as m:
-    m.setattr(V, "_drop_plan", lambda *a: None)
+    m.setattr(h264, "drop_plan", lambda *a: None)
     runs.clear()
     plain = load_video(path, spec)
   return fast, fast_runs, plain, runs
@@ -276,9 +276,9 @@ def _decode_both_ways(path, monkeypatch, spec=VideoSpec()):
 def test_bframes_dropped_with_identical_frames(tmp_path, monkeypatch, sliced):
   extra = ("-x264-params", "slices=3") if sliced else ()
   path = make_bframe_video(tmp_path / "b.mp4", *extra, audio=sliced)
-  info = V.probe(path)
-  unique = np.unique(V.sample_indices(info.total_frames, V.smart_nframes(VideoSpec(), info.total_frames, info.fps)))
-  drop, select, _ = V._drop_plan(path, unique, info.total_frames)
+  info = source.probe(path)
+  unique = np.unique(sample_indices(info.total_frames, smart_nframes(VideoSpec(), info.total_frames, info.fps)))
+  drop, select, _ = h264.drop_plan(path, unique, info.total_frames)
   assert len(drop) > info.total_frames // 4 and not np.array_equal(select, unique)  # not vacuous
   fast, fast_runs, plain, plain_runs = _decode_both_ways(path, monkeypatch)
   assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0]  # one decode, with the drop, no fallback
@@ -294,11 +294,11 @@ def test_no_bframes_group_tails_dropped_with_identical_frames(tmp_path, monkeypa
   path = str(tmp_path / "p.mp4")
   _ffmpeg("-f", "lavfi", "-i", "testsrc2=duration=6:size=128x96:rate=20", "-c:v", "libx264", "-preset", "ultrafast",
           "-g", str(gop), "-pix_fmt", "yuv420p", path)
-  order, nonref, _, sync = V._avc_frames(path)
+  order, nonref, _, sync = h264.avc_frames(path)
   assert not nonref.any() and sync.sum() == -(-120 // gop) and np.array_equal(order, np.arange(120))
   spec = VideoSpec(fps=1.0)
-  unique = np.unique(V.sample_indices(120, V.smart_nframes(spec, 120, 20.0)))
-  drop, select, _ = V._drop_plan(path, unique, 120)
+  unique = np.unique(sample_indices(120, smart_nframes(spec, 120, 20.0)))
+  drop, select, _ = h264.drop_plan(path, unique, 120)
   assert drop.min() > unique.min() and len(drop) > 20 and not np.isin(unique, drop).any()
   if gop == 7:  # a group between two samples goes whole, IDR and all
     assert any(set(range(k, k + 7)) <= set(drop.tolist()) for k in range(0, 120, 7))
@@ -312,7 +312,7 @@ def test_open_gops_drop_only_non_reference_frames(tmp_path, monkeypatch):
   """With open groups of pictures (a sync sample that is not an IDR picture, which frames after it
   may predict across) no group tail is dropped; the non-reference pictures still are."""
   path = make_bframe_video(tmp_path / "o.mp4", "-g", "12", "-x264-params", "open-gop=1", seconds=4)
-  order, nonref, _, sync = V._avc_frames(path)
+  order, nonref, _, sync = h264.avc_frames(path)
   assert sync is None and nonref.any()
   fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
   assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0]
@@ -323,8 +323,8 @@ def test_misread_frame_table_falls_back(tmp_path, monkeypatch):
   """A table that disagrees with ffmpeg (here: the non-reference flags shifted by one frame) is
   caught by the timestamps, and the video is decoded again, every frame."""
   path = make_bframe_video(tmp_path / "b.mp4", seconds=4)
-  order, nonref, times, sync = V._avc_frames(path)
-  monkeypatch.setattr(V, "_avc_frames", lambda p: (order, np.roll(nonref, 1), times, None))
+  order, nonref, times, sync = h264.avc_frames(path)
+  monkeypatch.setattr(h264, "avc_frames", lambda p: (order, np.roll(nonref, 1), times, None))
   fast, fast_runs, plain, _ = _decode_both_ways(path, monkeypatch)
   assert len(fast_runs) == 2 and "-/bsf:v" in fast_runs[0] and "-/bsf:v" not in fast_runs[1]
   np.testing.assert_array_equal(fast.frames, plain.frames)
@@ -337,9 +337,9 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
   path = make_bframe_video(tmp_path / "b.mp4", seconds=4)
   data = open(path, "rb").read()
   with open(path, "rb") as f:
-    _, _, stbl = V._video_track(f)
-    box = {k: V._child(f, *stbl, k) for k in ("stsd", "stsz", "stco", "stsc", "ctts", "stss")}
-    avcc = V._child(f, box["stsd"][0] + 16 + 78, box["stsd"][1], "avcC")
+    _, _, stbl = mp4.video_track(f)
+    box = {k: mp4.child(f, *stbl, k) for k in ("stsd", "stsz", "stco", "stsc", "ctts", "stss")}
+    avcc = mp4.child(f, box["stsd"][0] + 16 + 78, box["stsd"][1], "avcC")
   first_sample = int.from_bytes(data[box["stco"][0] + 8:box["stco"][0] + 12], "big")
   edits = {  # name: (offset, new bytes, the table is rejected)
       "stsz count huge": (box["stsz"][0] + 8, b"\xff\xff\xff\xff", True),
@@ -354,12 +354,12 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
   for name, (at, patch, rejected) in edits.items():
     bad = str(tmp_path / f"{name}.mp4")
     open(bad, "wb").write(data[:at] + patch + data[at + len(patch):])
-    assert (V._avc_frames(bad) is None) == rejected, name
+    assert (h264.avc_frames(bad) is None) == rejected, name
     results = []
     for drop in (True, False):
       with monkeypatch.context() as m:
         if not drop:
-          m.setattr(V, "_drop_plan", lambda *a: None)
+          m.setattr(h264, "drop_plan", lambda *a: None)
         try:
           results.append(load_video(bad))
         except VideoError as e:
@@ -370,7 +370,7 @@ def test_malformed_sample_tables_fall_back(tmp_path, monkeypatch):
       np.testing.assert_array_equal(results[0].frames, results[1].frames, err_msg=name)
       np.testing.assert_array_equal(results[0].timestamps, results[1].timestamps, err_msg=name)
   (tmp_path / "cut.mp4").write_bytes(data[:box["stsz"][0] + 40])  # the file ends inside the table
-  assert V._avc_frames(str(tmp_path / "cut.mp4")) is None
+  assert h264.avc_frames(str(tmp_path / "cut.mp4")) is None
 
 
 def _long_mkv(path, setpts=None):
@@ -383,14 +383,14 @@ def _long_mkv(path, setpts=None):
 
 
 def _seeking_and_whole(path, monkeypatch, spec):
-  runs, real = [], V._run
-  monkeypatch.setattr(V, "_run", lambda args, *a: runs.append(args) or real(args, *a))
-  seeking = load_video(path, spec)
+  runs, real = [], ffmpeg.run
+  monkeypatch.setattr(ffmpeg, "run", lambda args, *a: runs.append(args) or real(args, *a))
+  seeked = load_video(path, spec)
   seeking_runs = [r for r in runs if "-i" in r and "-f" in r and "rawvideo" in r]
   with monkeypatch.context() as m:
-    m.setattr(V, "SEEK_GAP", math.inf)
+    m.setattr(seeking, "SEEK_GAP", math.inf)
     whole = load_video(path, spec)
-  return seeking, seeking_runs, whole
+  return seeked, seeking_runs, whole
 
 
 def test_long_videos_sampled_sparsely_are_seeked_not_decoded_whole(tmp_path, monkeypatch):
@@ -399,22 +399,22 @@ def test_long_videos_sampled_sparsely_are_seeked_not_decoded_whole(tmp_path, mon
   ffmpeg run), with the pixels and times of decoding the whole video."""
   path = _long_mkv(tmp_path / "long.mkv")
   spec = VideoSpec(fps=0.05)
-  monkeypatch.setattr(V, "SEEK_MEMORY", 5 * 6 * 1.5 * 160 * 96)  # groups of 5 frames, so several runs
-  seeking, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
-  assert len(seeking.frames) >= 14 and 300 / len(seeking.frames) >= V.SEEK_GAP and len(runs) > 2
-  assert sum(r.count("-ss") for r in runs) == len(seeking.frames) and all("-ss" in r for r in runs)  # no fallback
-  np.testing.assert_array_equal(seeking.frames, whole.frames)
-  np.testing.assert_allclose(seeking.timestamps, whole.timestamps, atol=1e-3)
+  monkeypatch.setattr(seeking, "SEEK_MEMORY", 5 * 6 * 1.5 * 160 * 96)  # groups of 5 frames, so several runs
+  seeked, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
+  assert len(seeked.frames) >= 14 and 300 / len(seeked.frames) >= seeking.SEEK_GAP and len(runs) > 2
+  assert sum(r.count("-ss") for r in runs) == len(seeked.frames) and all("-ss" in r for r in runs)  # no fallback
+  np.testing.assert_array_equal(seeked.frames, whole.frames)
+  np.testing.assert_allclose(seeked.timestamps, whole.timestamps, atol=1e-3)
 
 
 def test_seeking_that_misses_the_frames_falls_back(tmp_path, monkeypatch):
-  """Variable timing (the second half at half the rate): frame i is not at i / fps, the seeked
+  """Variable timing (the second half at half the rate): frame i is not at i / fps, the seeking
   frames' times say so, and the video is decoded whole: the frames are the sampled indices still."""
   path = _long_mkv(tmp_path / "vfr.mkv", setpts="if(lt(N\\,1500)\\,N/10\\,150+(N-1500)/5)/TB")
   spec = VideoSpec(fps=0.05)
-  seeking, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
+  seeked, runs, whole = _seeking_and_whole(path, monkeypatch, spec)
   assert sum("-ss" in r for r in runs) >= 1 and "-ss" not in runs[-1]  # tried, then decoded whole
-  np.testing.assert_array_equal(seeking.frames, whole.frames)
+  np.testing.assert_array_equal(seeked.frames, whole.frames)
 
 
 def test_failed_seeking_still_decodes_through_the_drop_plan(tmp_path, monkeypatch):
@@ -424,11 +424,11 @@ def test_failed_seeking_still_decodes_through_the_drop_plan(tmp_path, monkeypatc
   _ffmpeg("-f", "lavfi", "-i", "testsrc2=duration=60:size=128x96:rate=20", "-c:v", "libx264", "-preset", "veryfast",
           "-bf", "2", "-g", "600", "-pix_fmt", "yuv420p", path)
   spec = VideoSpec(fps=0.1)
-  unique = np.unique(V.sample_indices(1200, V.smart_nframes(spec, 1200, 20.0)))
-  drop, _, _ = V._drop_plan(path, unique, 1200)
-  assert 60 / len(unique) >= V.SEEK_GAP and 0 < len(drop) < 600  # both paths apply
+  unique = np.unique(sample_indices(1200, smart_nframes(spec, 1200, 20.0)))
+  drop, _, _ = h264.drop_plan(path, unique, 1200)
+  assert 60 / len(unique) >= seeking.SEEK_GAP and 0 < len(drop) < 600  # both paths apply
   tried = []
-  monkeypatch.setattr(V, "_decode_seeking", lambda *a: tried.append(a) and None)
+  monkeypatch.setattr(seeking, "decode_seeking", lambda *a: tried.append(a) and None)
   fast, fast_runs, plain, plain_runs = _decode_both_ways(path, monkeypatch, spec)
   assert len(tried) == 2  # (also in the plain decode, which has no plan)
   assert len(fast_runs) == 1 and "-/bsf:v" in fast_runs[0] and "-/bsf:v" not in plain_runs[0]

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from rewatch_jax.data import chat, records as R, video_store
+from rewatch_jax.data import chat, records, video_store
 from rewatch_jax.data.processor import video_grid, video_tokens
 from rewatch_jax.data.video import FrameCache, VideoSpec, cpu_cores, file_digest, load_video
 from rewatch_jax.models.configs import VisionConfig
@@ -34,8 +34,8 @@ from rewatch_jax.models.configs import VisionConfig
 VERSION = "1.1.0"  # 1.1: frames in the shared video store, not in every example
 MODES = {"caption": "caption", "qa": "direct", "cot": "thinking", "perception": "direct", "rl": "thinking",
          "qa_eval": "direct"}
-KINDS = {"caption": (R.CaptionRecord,), "qa": (R.QARecord,), "cot": (R.CoTRecord,), "perception": (R.QARecord,),
-         "rl": (R.QARecord,), "qa_eval": (R.QARecord,)}
+KINDS = {"caption": (records.CaptionRecord,), "qa": (records.QARecord,), "cot": (records.CoTRecord,), "perception": (records.QARecord,),
+         "rl": (records.QARecord,), "qa_eval": (records.QARecord,)}
 PROMPT_ONLY = ("rl", "qa_eval")  # generation prompt + ground truth, no assistant turn
 
 
@@ -108,7 +108,7 @@ def _decode(job_and_args):
     try:
       enc = chat.encode(tokenizer, chat.conversation(MODES[config], rec, duration, with_answer=not rl),
                         video_tokens=_video_tokens(frames_shape), add_generation_prompt=rl)
-      ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(R.to_json(rec)),
+      ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(records.to_json(rec)),
             "video_key": key, "input_ids": enc.input_ids, "loss_mask": enc.loss_mask}
       if rl:
         ex.update(answer=rec.answer, caption=caption_text or "", question_type=rec.question_type)
@@ -177,8 +177,8 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
         continue
       seen.add(rec.id)
       try:
-        path = R.resolve_video(self._video_root, rec.video)
-      except R.RecordError as e:
+        path = records.resolve_video(self._video_root, rec.video)
+      except records.RecordError as e:
         skipped.append({"id": rec.id, "video": rec.video, "error": str(e)})
         continue
       by_video.setdefault(path, []).append(rec)

@@ -9,7 +9,8 @@ import os
 import jax
 from etils import epath
 
-from rewatch_jax.data import chat, pipeline, records as R, tfds_rewatch, toyworld
+from rewatch_jax.data import chat, pipeline, records, tfds_rewatch
+from rewatch_jax.demo import toyworld
 from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.models import ModelConfig
 
@@ -28,7 +29,7 @@ def prepare_toyworld(config, workdir: str) -> tuple[set[str], dict]:
     print(f"toy world: generating {tw.videos} videos -> {toy}")
     toyworld.build(toy, tw.videos, **world)
   tokenizer = os.path.join(toy, "tokenizer.json")
-  read = lambda split, kind: list(R.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
+  read = lambda split, kind: list(records.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
   for name, split, kind in (("caption", "train", "caption"), ("qa", "train", "qa"), ("cot", "train", "cot"),
                             ("perception", "train", "perception"), ("qa_eval", "test", "qa")):
     if not os.path.exists(os.path.join(prepared, "rewatch", name, tfds_rewatch.VERSION, "dataset_info.json")):
@@ -77,7 +78,7 @@ def _pretrain_config(config):
 
 
 def _evaluate(model, config, ablation: str = "", perception: set[str] = frozenset()):
-  from rewatch_jax.evaluate import evaluate
+  from rewatch_jax.evaluation import evaluate
   e = config.eval
   tok = chat.qwen_tokenizer(config.tokenizer or None)
   buckets = [pipeline.Bucket(**dict(b)) for b in e.buckets]
@@ -98,9 +99,9 @@ def _evaluate(model, config, ablation: str = "", perception: set[str] = frozense
 
 
 def run(config, workdir: str) -> dict:
-  from rewatch_jax.evaluate import ABLATIONS, check_batch
+  from rewatch_jax.evaluation import ABLATIONS, check_batch
   from rewatch_jax.train import sft
-  from rewatch_jax.train.mesh import make_mesh
+  from rewatch_jax.mesh import make_mesh
   if config.eval.ablation not in ABLATIONS:  # fail before training, not after
     raise ValueError(f"eval.ablation must be one of {ABLATIONS}, got {config.eval.ablation!r}")
   if config.eval.enabled:

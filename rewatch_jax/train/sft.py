@@ -25,8 +25,8 @@ from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
 from rewatch_jax.models.configs import RUNTIME_FIELDS
 from rewatch_jax.models.sharding import axis_rules, param_shardings
-from rewatch_jax.train import metrics as M
-from rewatch_jax.train.mesh import make_mesh
+from rewatch_jax.train import metrics
+from rewatch_jax.mesh import make_mesh
 
 TASK_NAMES = pipeline.TASKS
 
@@ -276,7 +276,7 @@ def train(config, workdir: str, model: Qwen25VL | None = None, name: str = "sft"
     data = iter(pipeline.sft_dataset(pc, model.config, start=start))
 
   step_fn = jit_train_step(graphdef, tx, config.micro_batches, state_shardings)
-  writer = M.MetricWriter(workdir if jax.process_index() == 0 else "")
+  writer = metrics.MetricWriter(workdir if jax.process_index() == 0 else "")
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
   losses, pending, t_log = [], [], time.perf_counter()
@@ -352,7 +352,7 @@ def _model_flops(cfg: ModelConfig, batch) -> float:
   same whichever attention kernel or remat policy runs, so MFU compares across them."""
   x = batch["inputs"]
   rows, length = x.input_ids.shape
-  return rows * M.train_flops(cfg, length, x.pixel_values.shape[1], batch["loss_index"].shape[1], x.frame_block)
+  return rows * metrics.train_flops(cfg, length, x.pixel_values.shape[1], batch["loss_index"].shape[1], x.frame_block)
 
 
 def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list[float]:
@@ -370,7 +370,7 @@ def _log(pending, writer, lr_schedule, progress, seconds, state, config) -> list
   row = dict(loss=float(np.mean([float(x["loss"]) for x in fetched])), learning_rate=float(lr_schedule(step - 1)),
              grad_norm=float(m["grad_norm"]), tokens_per_sec=tokens / max(seconds, 1e-9),
              skipped_steps=float(sum(1 - x["applied"] for x in fetched)))
-  peak = M.peak_flops(jax.devices()[0].device_kind)
+  peak = metrics.peak_flops(jax.devices()[0].device_kind)
   if peak:
     row["mfu"] = sum(p[3] for p in pending) / max(seconds, 1e-9) / (peak * jax.device_count())
   for i, name in enumerate(TASK_NAMES):

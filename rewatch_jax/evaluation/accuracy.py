@@ -1,13 +1,7 @@
 """Accuracy on a prepared prompt set (qa_eval: direct answers; rl: thinking) with greedy decoding
-and the shared answer parser. Unparseable answers count as wrong and are reported separately.
-
-Ablations show what a model takes from the video (`ablation=`):
-* "swap": each question gets the frames of *another* video with the same patch layout (the set is
-  read in a seeded shuffled order so that a batch mixes videos). The frames stay in distribution;
-  only their content no longer fits the question. A model that answers from the question alone
-  scores the same; one that reads the video drops. `swapped` reports the fraction that moved.
-* "blank": every frame replaced by zeros (mid-grey after normalisation). Out of distribution, so a
-  drop can mean "the model is confused", not "the model reads the video"; prefer "swap".
+and the shared answer parser. Unparseable answers count as wrong and are reported separately;
+`ablation=` swaps or blanks the videos (ablations.py: what the model takes from the video; with
+"swap", `swapped` reports the fraction of questions whose frames moved).
 The result holds every `predictions` row (record id, video, question, answer, response, correct:
 True / False / None when unparseable, truncated: no EOS within `max_new_tokens`, cut_off: an answer
 opened but not closed when the token budget ran out, scored as unparseable through no fault of the
@@ -25,16 +19,14 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rewatch_jax.data import pipeline, tfds_rewatch
+from rewatch_jax.evaluation.ablations import ABLATIONS, blank_videos, swap_videos
+from rewatch_jax.generate import greedy_generate
+from rewatch_jax.mesh import allgather_json, model_mesh
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
-from rewatch_jax.sampling import greedy_generate
-
-
-ABLATIONS = ("", "swap", "blank")
 
 
 def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequence[pipeline.Bucket], batch_size: int,
@@ -60,8 +52,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
     inputs, real = batch["inputs"], batch["meta"]["real"]
     records = [json.loads(r) for r in batch["meta"]["record"][:real]]
     if ablation == "blank":
-      # normalised zeros (float rows; the pipeline's rows are raw uint8, where 0 would be black)
-      inputs = inputs.replace(pixel_values=np.zeros(inputs.pixel_values.shape, np.float32))
+      inputs = blank_videos(inputs)
     elif ablation == "swap":
       inputs, moved = swap_videos(inputs, [r["video"] for r in records])
       swapped += moved
@@ -82,8 +73,8 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
       break
   progress.close()
   if jax.process_count() > 1:  # every process's rows, in process order
-    predictions = [p for part in _allgather_json(predictions) for p in part]
-    swapped = sum(_allgather_json(swapped))
+    predictions = [p for part in allgather_json(predictions) for p in part]
+    swapped = sum(allgather_json(swapped))
   n = max(len(predictions), 1)
   out = dict(accuracy=sum(p["correct"] is True for p in predictions) / n,
              parsed_rate=sum(p["correct"] is not None for p in predictions) / n, n=len(predictions),
@@ -93,14 +84,6 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
   if ablation == "swap":
     out["swapped"] = swapped / n
   return out
-
-
-def model_mesh(model) -> jax.sharding.Mesh:
-  """The mesh the model's parameters are on (one device's mesh for an unsharded model)."""
-  sharding = jax.tree.leaves(nnx.state(model, nnx.Param))[0].sharding
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return sharding.mesh
-  return jax.sharding.Mesh(np.array(sorted(sharding.device_set, key=lambda d: d.id)), ("data",))
 
 
 def check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
@@ -115,36 +98,3 @@ def _rate(predictions: list[dict], key: str) -> dict[str, float]:
   for p in predictions:
     groups[p[key]].append(p["correct"] is True)
   return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
-
-
-def _allgather_json(value) -> list:
-  """`value` (JSON-able) from every process, in process order."""
-  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64)))[:, 0]
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:len(data)] = data
-  parts = np.asarray(multihost_utils.process_allgather(padded))
-  return [json.loads(bytes(parts[i, :sizes[i]])) for i in range(len(sizes))]
-
-
-def swap_videos(inputs, videos: list[str]):
-  """Give each example the pixels of an example from another video with the same patch layout
-  (same rotary ids and segments, so the rows are interchangeable). Within each layout group the
-  examples are sorted by video and shifted by the largest video's count: everyone moves to another
-  video whenever no video holds more than half the group. `videos`: of the first rows (the real
-  ones; padding rows after them keep their pixels). Returns (inputs, number moved)."""
-  rows = len(inputs.input_ids)
-  layout = np.concatenate([np.asarray(inputs.vision_rotary_ids).reshape(rows, -1),
-                           np.asarray(inputs.window_segment), np.asarray(inputs.frame_segment)], axis=1)
-  groups = collections.defaultdict(list)
-  for i, row in enumerate(layout[:len(videos)]):
-    groups[row.tobytes()].append(i)
-  src = np.arange(rows)
-  for members in groups.values():
-    count = collections.Counter(videos[i] for i in members)
-    order = sorted(members, key=lambda i: (-count[videos[i]], videos[i]))
-    shift = max(count.values())
-    if shift < len(order):
-      src[order] = np.roll(order, -shift)
-  moved = sum(videos[j] != videos[i] for i, j in enumerate(src[:len(videos)]))
-  return inputs.replace(pixel_values=np.asarray(inputs.pixel_values)[src]), moved

@@ -1,0 +1,1 @@
+"""The embedded demo: ReWatch's recipe on a procedural toy world, on a CPU, in minutes."""
