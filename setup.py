@@ -28,7 +28,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch pinned to the CPU build that pip finds locally; a bare `torch` pulls a multi-GB CUDA build.
-    "test": ["pytest==9.2.0", "torch==2.13.0", "pillow>=10"],  # pillow: HF reference image processor
+    "test": ["pytest==9.2.0", "torch==2.13.0", "pillow>=10", "ruff==0.14.10"],  # pillow: HF reference image processor
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
 }
@@ -38,7 +38,12 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=find_packages(include=["rewatch_jax", "rewatch_jax.*", "data_synthesis", "data_synthesis.*"]),
+    # launch/ (the absl entry points) is installed as rewatch_jax.launch, for the console scripts;
+    # `python launch/<name>.py` runs the same files.
+    packages=[*find_packages(include=["rewatch_jax", "rewatch_jax.*"]), "rewatch_jax.launch"],
+    package_dir={"rewatch_jax.launch": "launch"},
+    entry_points={"console_scripts": [f"rewatch-{name} = rewatch_jax.launch.{name}:entry"
+                                      for name in ("train", "prepare", "convert", "sweep")]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

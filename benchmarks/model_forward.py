@@ -34,6 +34,7 @@ def bench_config():
 
 def make_inputs(cfg, frames: int, size: int, batch: int = 2, text: int = 128):
   import numpy as np
+
   from rewatch_jax.data.processor import frames_to_patches
   rng = np.random.default_rng(0)
   ids, rows, grids = [], [], []
@@ -56,6 +57,7 @@ def run_jax(hf_dir, args):
   import jax.numpy as jnp
   import optax
   from flax import nnx
+
   from rewatch_jax import hf
   from rewatch_jax.models import from_hf_inputs
   model = hf.load_pretrained(hf_dir)
@@ -101,6 +103,7 @@ def main():
 
   import jax
   from flax import nnx
+
   from rewatch_jax import hf
   from rewatch_jax.models import Qwen25VL
   cfg = bench_config()

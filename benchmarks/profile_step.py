@@ -45,6 +45,7 @@ def main():
   import optax
   from flax import nnx
   from model_forward import bench_config, make_inputs
+
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
 
   cfg = bench_config()

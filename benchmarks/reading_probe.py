@@ -1,5 +1,5 @@
 r"""Can the demo model learn to read a toy-world picture in N steps? The stills experiments of
-docs/training.md (fourth and fifth passes), reproducible.
+docs/notes/demo_experiments.md (fourth and fifth passes), reproducible.
 
   python benchmarks/reading_probe.py --question backdrop --frames 16 --steps 300
   python benchmarks/reading_probe.py --question backdrop_change --frames 4 --steps 300
@@ -65,15 +65,16 @@ def example(rng, question: str, frames: int, max_shapes: int, scale: float):
 
 def encode(tok, cfg, frames, question, answer) -> dict:
   """The shared example encoder, on the frames as a 1 fps video (the demo's rate)."""
-  from rewatch_jax.data import records
+  from rewatch_jax.data import chat, records
   from rewatch_jax.data.processor import encode_example
   from rewatch_jax.data.video import Video
   t = len(frames)
   video = Video(frames=frames, timestamps=np.arange(t, dtype=np.float64), path="still", source_fps=1.0,
                 total_frames=t, duration=float(t), spec_hash="")
   rec = records.QARecord(video="videos/still.mp4", question=question, answer=answer, question_type="object_recognition",
-                   duration=float(t))
-  return dict(encode_example(rec, video, tok, "direct", cfg), task=np.int32(1), id=question)
+                         duration=float(t))
+  messages = chat.conversation("direct", rec, video.duration)
+  return dict(encode_example(tok, messages, video, cfg.vision), task=np.int32(0), id=question)
 
 
 def main():
@@ -84,7 +85,8 @@ def main():
                  "from [min_frames, frames] (0: always --frames)")
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--batch", type=int, default=16)
-  # 1e-3: at the demo's 3e-3 the selective reads (which moment, which shape) stall (docs/training.md, sixth pass)
+  # 1e-3: at the demo's 3e-3 the selective reads (which moment, which shape) stall
+  # (docs/notes/demo_experiments.md, sixth pass)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--max_shapes", type=int, default=2)
   p.add_argument("--scale", type=float, default=1.0, help="shape size x the toy world's")
@@ -97,13 +99,16 @@ def main():
 
   import jax
   import jax.numpy as jnp
-  from flax import nnx
+
   from configs import demo
   from rewatch_jax.data import chat, pipeline
+  from rewatch_jax.data.batching import Bucket, Collate
   from rewatch_jax.demo import toyworld
+  from rewatch_jax.mesh import make_mesh
+  from rewatch_jax.models import ModelConfig
   from rewatch_jax.models.sharding import axis_rules
   from rewatch_jax.train import sft
-  from rewatch_jax.mesh import make_mesh
+  from rewatch_jax.train import state as train_state
 
   with tempfile.TemporaryDirectory() as tmp:  # the toy tokenizer, trained on a few toy worlds
     toyworld.build(tmp, count=4, seed=0, duration=(8, 8), shapes=(1, 2))
@@ -111,15 +116,12 @@ def main():
   c = demo.get_config("sft")
   c.optimizer.update(dict(learning_rate=args.lr, warmup_steps=20))
   mesh = make_mesh(dict(c.mesh))
-  model = sft.build_model(c, mesh)
-  cfg = model.config
+  cfg = ModelConfig.from_dict(c.model.to_dict())
   pairs = args.frames // 2
-  collate = pipeline.Collate(cfg, [pipeline.Bucket(length=128 + 12 * pairs, patches=64 * pairs, frame_block=64,
-                                                   loss_tokens=16)], pad_id=0)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, _ = sft.make_optimizer(c.optimizer, args.steps, params)
-  state, shardings = sft.init_state(params, tx, mesh, 0)
-  step = sft.jit_train_step(graphdef, tx, 1, shardings)
+  bucket = Bucket(length=128 + 12 * pairs, patches=64 * pairs, frame_block=64, loss_tokens=16)
+  collate = Collate(cfg, [bucket], pad_id=0)
+  trainable = train_state.setup(train_state.build_model(c, cfg, mesh), c.optimizer, args.steps, mesh, 0)
+  step, state = sft.jit_train_step(trainable, 1, 1), trainable.state
   rng = np.random.default_rng(args.seed)
   # each example's length (and so its M-RoPE span) drawn from [min_frames, frames], as the demo's
   # videos of 8-16 s vary
@@ -134,7 +136,7 @@ def main():
       state, m = step(state, pipeline.to_global(batch, mesh)[0])
       if (i + 1) % 50 == 0 or i + 1 == args.steps:
         print(f"{i + 1:>6}{float(m['loss']):>10.4f}{time.perf_counter() - t0:>10.0f}", flush=True)
-  model = nnx.merge(graphdef, state["params"], rest)
+  model = trainable.model(state)
   held_out = [make() for _ in range(64)]
 
   def exact_match(shift: int) -> float:

@@ -19,24 +19,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def run(config, by_task: bool, steps: int) -> dict:
+def run(config, workdir: str, by_task: bool, steps: int) -> dict:
   import jax
   import numpy as np
-  from flax import nnx
+
   from rewatch_jax.data import pipeline
-  from rewatch_jax.models import ModelConfig
   from rewatch_jax.models.sharding import axis_rules
-  from rewatch_jax.train import sft
-  from rewatch_jax.mesh import make_mesh
-  mesh = make_mesh(dict(config.mesh))
-  graphdef, params, _ = nnx.split(sft.build_model(config, mesh), nnx.Param, ...)
-  tx, _ = sft.make_optimizer(config.optimizer, steps, params)
-  state, shardings = sft.init_state(params, tx, mesh, 0)
-  step = sft.jit_train_step(graphdef, tx, 1, shardings)
-  dc = config.data
-  pc = pipeline.PipelineConfig(data_dir=dc.dir, batch_size=dc.batch_size, buckets=[pipeline.Bucket(**dict(b)) for b in dc.buckets],
-                               weights=dict(dc.weights), seed=0, workers=0, pad_id=dc.pad_id, batch_by_task=by_task)
-  batches = [pipeline.to_global(b, mesh)[0] for b, _ in zip(pipeline.sft_dataset(pc, ModelConfig.from_dict(config.model.to_dict())), range(steps))]
+  from rewatch_jax.train import resolve, sft
+  from rewatch_jax.train import state as train_state
+  config.data.batch_by_task = by_task
+  run = resolve.resolve(config, workdir)
+  stage, mesh = run.stages[-1], run.mesh
+  trainable = train_state.setup(train_state.build_model(run.config, run.model, mesh), stage.optimizer, steps, mesh, 0)
+  step, state = sft.jit_train_step(trainable, 1, len(stage.tasks)), trainable.state
+  data = pipeline.sft_dataset(sft.pipeline_config(run, stage), run.model)
+  batches = [pipeline.to_global(b, mesh)[0] for b, _ in zip(data, range(steps))]
   with axis_rules(mesh):
     for length in sorted({b["inputs"].input_ids.shape[1] for b in batches}):  # compile every bucket first
       state, m = step(state, next(b for b in batches if b["inputs"].input_ids.shape[1] == length))
@@ -58,12 +55,10 @@ def main():
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   from configs import demo
-  from rewatch_jax.train import driver
   with tempfile.TemporaryDirectory() as tmp:
     config = demo.get_config("sft")
-    config.toyworld.videos = args.videos
-    driver.prepare_toyworld(config, tmp)
-    rows = {name: run(config, by_task, args.steps) for name, by_task in (("mixed", False), ("by task", True))}
+    config.demo.videos = args.videos
+    rows = {name: run(config, tmp, by_task, args.steps) for name, by_task in (("mixed", False), ("by task", True))}
   print(f"\ndemo SFT steps ({args.steps}, batch {config.data.batch_size}, buckets "
         f"{[b['length'] for b in config.data.buckets]}), {args.videos} toy-world videos")
   print(f"{'batches':<10}{'tokens/step':>13}{'steps/s':>10}{'compilations':>14}")

@@ -36,13 +36,14 @@ def loss_arrays(ids: np.ndarray):
 def run_jax(hf_dir, args):
   import jax
   import jax.numpy as jnp
+
   from rewatch_jax import hf
   from rewatch_jax.models import from_hf_inputs
   model = hf.load_pretrained(hf_dir)
   raw = make_inputs(model.config, args.frames, args.size)
   index, targets, weights = loss_arrays(raw["input_ids"])
   batch = dict(inputs=from_hf_inputs(model.config, **raw), loss_index=index, loss_targets=targets,
-               loss_weights=weights, task=np.ones(len(index), np.int32))
+               loss_weights=weights, task=np.zeros(len(index), np.int32))
   batch = jax.tree.map(jnp.asarray, batch)
   first, times, _ = time_train_step(model, batch, args.steps)
   return first, times, int(raw["input_ids"].size)
@@ -53,14 +54,13 @@ def time_train_step(model, batch, steps: int, profile_dir: str = ""):
   of the first call, of each of `steps` more, and the jitted step (for its compile count). With
   `profile_dir`, two more steps are traced there with jax.profiler (perfetto json included)."""
   import jax
-  from flax import nnx
-  from rewatch_jax.train import sft
+
   from rewatch_jax.mesh import make_mesh
-  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
-  tx, _ = sft.make_optimizer(_optimizer(1e-5), 100, params)
-  state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
-  step = sft.jit_train_step(graphdef, tx, 1, shardings)
-  box = {"state": state}
+  from rewatch_jax.train import sft
+  from rewatch_jax.train import state as train_state
+  trainable = train_state.setup(model, _optimizer(1e-5), 100, make_mesh({"data": 1}, jax.devices()[:1]), 0)
+  step = sft.jit_train_step(trainable, 1, 1)
+  box = {"state": trainable.state}
 
   def one():
     box["state"], m = step(box["state"], batch)
@@ -99,9 +99,9 @@ def run_torch(hf_dir, args):
 
 
 def _optimizer(learning_rate: float):
-  """The trainer's optimizer config (configs/common.py), constant rate, no warmup or decay."""
-  from configs.common import sft_config
-  oc = sft_config("tiny").optimizer
+  """The trainer's optimizer config (rewatch_jax/train/config.py), constant rate, no warmup or decay."""
+  from rewatch_jax.train.config import base
+  oc = base("tiny").optimizer
   oc.update(dict(learning_rate=learning_rate, warmup_steps=0, schedule="constant", weight_decay=0.0))
   return oc
 
@@ -111,16 +111,16 @@ def compile_count(steps: int) -> int:
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
+  from rewatch_jax.mesh import make_mesh
   from rewatch_jax.models import Qwen25VL, from_hf_inputs, get_preset
   from rewatch_jax.train import sft
-  from rewatch_jax.mesh import make_mesh
+  from rewatch_jax.train import state as train_state
   cfg = get_preset("tiny")
   rng = np.random.default_rng(0)
-  oc = _optimizer(1e-4)
-  graphdef, params, _ = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-  tx, _ = sft.make_optimizer(oc, steps, params)
-  state, shardings = sft.init_state(params, tx, make_mesh({"data": 1}, jax.devices()[:1]), 0)
-  step = sft.jit_train_step(graphdef, tx, 1, shardings)
+  trainable = train_state.setup(Qwen25VL(cfg, rngs=nnx.Rngs(0)), _optimizer(1e-4), steps,
+                                make_mesh({"data": 1}, jax.devices()[:1]), 0)
+  step, state = sft.jit_train_step(trainable, 1, 1), trainable.state
   for _ in range(steps):
     t, h, w = int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5))
     n = t * h * w // 4
@@ -134,7 +134,7 @@ def compile_count(steps: int) -> int:
                             pad_patches_to=256, frame_block=64)
     index = np.arange(6 + n, 15 + n, dtype=np.int32)[None]
     batch = dict(inputs=inputs, loss_index=index, loss_targets=ids[:, index[0] + 1].astype(np.int32),
-                 loss_weights=np.ones_like(index, np.float32), task=np.ones(1, np.int32))
+                 loss_weights=np.ones_like(index, np.float32), task=np.zeros(1, np.int32))
     state, _ = step(state, jax.tree.map(jnp.asarray, batch))
   return step._cache_size()
 
@@ -145,6 +145,7 @@ def main():
     return
   import jax
   from flax import nnx
+
   from rewatch_jax import hf
   from rewatch_jax.models import Qwen25VL
   model = Qwen25VL(bench_config(), rngs=nnx.Rngs(0))

@@ -10,7 +10,7 @@ the released Qwen2.5-VL vision tower (32 x 1280, 112 px windows, 4 full-attentio
 parameters; float32 master weights and AdamW moments with bf16 compute, as the recipes train (torch:
 fp32 weights under bf16 autocast, as HF Trainer's `bf16=True`); `--param_dtype bfloat16` trains bf16
 weights and moments on both sides, as the runs in RESULTS.md before 2026-11-30 did (at the recipes'
-learning rate such weights do not move: `sft.frozen_fraction`). One example per step: a
+learning rate such weights do not move: `train.state.frozen_fraction`). One example per step: a
 32-frame 448x448 video (16,384 patches -> 4,096 visual tokens) in an 8,192-token sequence, the
 last 2,048 tokens trained. `jax_xla` is ours with the einsum attention, to show the kernel's share;
 `jax_unpadded` ours with `pad_mlp_to=1` (the vision MLP's 3420 units unpadded), to show that one's.
@@ -34,7 +34,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from common import save_device_trace, time_steps, top_trace_ops  # noqa: E402
-from model_forward import bench_config as small_config, make_inputs  # noqa: E402
+from model_forward import bench_config as small_config  # noqa: E402
+from model_forward import make_inputs  # noqa: E402
 
 
 def model_config(args, attention: str):
@@ -63,8 +64,9 @@ def run_jax(args, impl: str) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from rewatch_jax.models import Qwen25VL, from_hf_inputs
   from train_step import time_train_step
+
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs
   jax.config.update("jax_explain_cache_misses", True)  # a retrace would show in the table's stderr
   attention = "xla" if impl == "jax_xla" else "cudnn"
   if impl == "jax_unpadded":
@@ -76,7 +78,7 @@ def run_jax(args, impl: str) -> dict:
   inputs = from_hf_inputs(cfg, **raw)
   batch = dict(inputs=inputs, loss_index=pos[None].astype(np.int32),
                loss_targets=raw["input_ids"][:, pos + 1].astype(np.int32),
-               loss_weights=np.ones((1, len(pos)), np.float32), task=np.ones(1, np.int32))
+               loss_weights=np.ones((1, len(pos)), np.float32), task=np.zeros(1, np.int32))
   batch = jax.tree.map(jnp.asarray, batch)
   model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -93,6 +95,7 @@ def check_cudnn(args):
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
   from rewatch_jax.models import Qwen25VL, from_hf_inputs
   cfg = small_config().replace(param_dtype="bfloat16", dtype="bfloat16")
   raw = make_inputs(cfg, 8, 224, batch=2, text=254)  # 512 tokens
@@ -101,8 +104,8 @@ def check_cudnn(args):
   state = nnx.state(Qwen25VL(cfg, rngs=nnx.Rngs(1)))
   out = {}
   for impl in ("xla", "cudnn"):  # same weights, the attention choice lives in the graph
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention=impl), rngs=nnx.Rngs(1))))
-    hidden = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, return_hidden=True))(state, inputs)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda impl=impl: Qwen25VL(cfg.replace(attention=impl), rngs=nnx.Rngs(1))))
+    hidden = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x, return_hidden=True))(state, inputs)
     out[impl] = np.asarray(hidden, np.float32)
   real = raw["attention_mask"].astype(bool)
   diff = np.abs(out["xla"] - out["cudnn"])[real].max()
@@ -116,6 +119,7 @@ def check_cudnn(args):
 def run_torch(args) -> dict:
   import torch
   import transformers
+
   from rewatch_jax.models import ModelConfig
   device = "cuda" if torch.cuda.is_available() else "cpu"
   cfg: ModelConfig = model_config(args, "xla")
@@ -174,8 +178,8 @@ def main():
     print(json.dumps(row))
     return
 
-  from rewatch_jax.train.metrics import peak_flops, train_flops
   from rewatch_jax.models import from_hf_inputs
+  from rewatch_jax.train.metrics import peak_flops, train_flops
   cfg = model_config(args, "xla")
   inputs = from_hf_inputs(cfg, **example(cfg, args)[0])
   flops = train_flops(cfg, args.length, inputs.pixel_values.shape[1], args.trained, inputs.frame_block)
@@ -205,7 +209,8 @@ def main():
       continue
     r = rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
     retraced = r.get("compiles", 1) > 1  # then show JAX's explanation of the cache misses
-    sys.stderr.write("".join(l + "\n" for l in out.stderr.splitlines() if "cuDNN vs XLA" in l or retraced and "MISS" in l))
+    shown = [line for line in out.stderr.splitlines() if "cuDNN vs XLA" in line or retraced and "MISS" in line]
+    sys.stderr.write("".join(line + "\n" for line in shown))
     step = sorted(r["times"])[len(r["times"]) // 2]
     r["tps"] = r["tokens"] / step
     peak = peak_flops(r["device"])

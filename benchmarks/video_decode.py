@@ -139,6 +139,7 @@ def prepare_table(repeats, quick=False):
   with one process (its decoder on every core) against one process per core (one thread each).
   Everything counts: the worker pool's start, hashing, decoding, tokenising, the video store."""
   from absl import logging
+
   from rewatch_jax.data import records, tfds_rewatch
   logging.set_verbosity(logging.ERROR)
   spec, cores = video.VideoSpec(), video.cpu_cores()
@@ -150,8 +151,8 @@ def prepare_table(repeats, quick=False):
       names.append(f"v{i:02d}.mp4")
       generated(videos, names[-1], 2 + i if quick else 30 + 2 * i, ("640x360", "960x540")[i % 2], 25 + i % 6,
                 ("ultrafast", "veryfast")[i // 2 % 2])
-    recs = [records.QARecord(video=n, question="What is shown?", answer="a test pattern", question_type="object_recognition",
-                       id=f"q{i}") for i, n in enumerate(names)]
+    recs = [records.QARecord(video=n, question="What is shown?", answer="a test pattern",
+                             question_type="object_recognition", id=f"q{i}") for i, n in enumerate(names)]
     print(f"\nprepare (qa config): {len(names)} distinct generated videos, 640x360 / 960x540 (best of {repeats})")
     print(f"{'processes':>10}{'threads each':>14}{'videos/s':>10}{'speed-up':>10}")
     first = None
@@ -171,7 +172,9 @@ def pipeline_table(steps):
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
   from rewatch_jax.data import pipeline, records, tfds_rewatch
+  from rewatch_jax.data.batching import Bucket
   from rewatch_jax.demo import toyworld
   from rewatch_jax.models import Qwen25VL, get_preset
   from rewatch_jax.train import sft
@@ -185,7 +188,7 @@ def pipeline_table(steps):
     read = lambda n: list(records.read_jsonl(os.path.join(tmp, "toy", f"train_{n}.jsonl")))
     for config, kind in (("caption", "caption"), ("qa", "qa"), ("cot", "cot")):
       tfds_rewatch.prepare(os.path.join(tmp, "prep"), config, read(kind), os.path.join(tmp, "toy"), spec)
-    buckets = [pipeline.Bucket(length=1024, patches=1024, frame_block=64, loss_tokens=512)]
+    buckets = [Bucket(length=1024, patches=1024, frame_block=64, loss_tokens=512)]
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
 
@@ -221,12 +224,13 @@ def recipe_pipeline_table(steps, quick=False):
   """The host side at the 7B recipe's scale: SFT batches of 192-frame videos at ReWatch's spec in
   the recipe's bucket (16k tokens, 96 x 576 patch slots), against the chip time one such example
   takes, from counted FLOPs (`metrics.train_flops`, the bucket full) at 40% MFU. No model runs here."""
-  from configs.common import video_buckets
   from rewatch_jax.data import pipeline, records, tfds_rewatch
+  from rewatch_jax.data.batching import Bucket
   from rewatch_jax.models import get_preset
   from rewatch_jax.train import metrics
+  from rewatch_jax.train.config import video_buckets
   cfg = get_preset("7b")
-  buckets = [pipeline.Bucket(**b) for b in video_buckets(loss_tokens=4096)]
+  buckets = [Bucket(**b) for b in video_buckets(loss_tokens=4096)]
   bucket = buckets[0]  # 16:9 frames' (the FLOPs below)
   with tempfile.TemporaryDirectory() as tmp:
     videos = os.path.join(tmp, "videos")
@@ -236,7 +240,8 @@ def recipe_pipeline_table(steps, quick=False):
       generated(videos, name, 100 + 7 * i, ("320x240" if quick else ("640x360", "1280x720")[i % 2]), 30,
                 "ultrafast" if quick else "veryfast")
     recs = [records.QARecord(video=n, question=f"What is shown ({j})?", answer="a test pattern",
-                       question_type="object_recognition", id=f"q{i}-{j}") for i, n in enumerate(names) for j in range(4)]
+                             question_type="object_recognition", id=f"q{i}-{j}")
+            for i, n in enumerate(names) for j in range(4)]
     tfds_rewatch.prepare(os.path.join(tmp, "prep"), "qa", recs, videos, video.VideoSpec())
     pc = pipeline.PipelineConfig(data_dir=os.path.join(tmp, "prep"), batch_size=2, buckets=buckets, weights={"qa": 1.0})
     it = iter(pipeline.sft_dataset(pc, cfg))

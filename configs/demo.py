@@ -11,17 +11,21 @@ again (also with each question shown another video's frames, to show what the mo
 video) and prints the table. (GRPO joins when the RL issue lands.)
 """
 
-from configs.common import sft_config
+import ml_collections
+
 from rewatch_jax.demo import toyworld
+from rewatch_jax.train.config import base
 
 
 def get_config(arg: str | None = None):
-  c = sft_config("tiny")
-  # Enough videos that the model cannot memorise them (with 60 it did, and did worse on new ones);
-  # short worlds with few shapes keep preparation and sequences small.
-  c.toyworld.videos, c.toyworld.seed, c.toyworld.test_fraction = 300, 0, 0.1
-  c.toyworld.duration, c.toyworld.shapes = (8, 16), (1, 3)
-  c.tokenizer = ""  # set to the toy tokenizer by the driver
+  c = base("tiny")
+  c.hooks = "rewatch_jax.demo.hooks:Demo"  # prepares the toy world; the guessers and perception in the table
+  # How many toy-world videos (0: none; the run reads data.dir), the seed of the first, the share
+  # held out, and the ranges each world's duration (s) and shape count are drawn from. Enough videos
+  # that the model cannot memorise them (with 60 it did, and did worse on new ones); short worlds
+  # with few shapes keep preparation and sequences small.
+  c.demo = ml_collections.ConfigDict(dict(videos=300, seed=0, test_fraction=0.1, duration=(8, 16), shapes=(1, 3)))
+  c.tokenizer = ""  # the toy tokenizer, set by the hooks
   # A small model of the same architecture; special ids are the toy tokenizer's (0..6).
   ids = {t: i for i, t in enumerate(toyworld.SPECIAL_TOKENS)}
   m = c.model
@@ -34,30 +38,31 @@ def get_config(arg: str | None = None):
   m.vision_start_token_id, m.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
   m.bos_token_id, m.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
   # 0.5 fps, 4-8 frames of 84x112: 12 visual tokens per frame pair. The toy world's backdrop
-  # changes fall between the frame pairs of this sampling (the driver passes the spec).
+  # changes fall between the frame pairs of this sampling (the hooks pass it the spec).
   c.video_spec.update(dict(fps=0.5, min_frames=4, max_frames=16, min_pixels=84 * 112, max_pixels=84 * 112,
                            total_pixels=16 * 84 * 112))
   c.total_steps, c.checkpoint_every_steps, c.log_every_steps = 700, 100, 20
   c.data.batch_size, c.data.workers, c.data.pad_id = 8, 0, ids["<|endoftext|>"]
   # The perception questions stay in the mix as their own task: without them the recipe's other
-  # tasks wear the pretrained read down (docs/training.md, eighth pass).
+  # tasks wear the pretrained read down (docs/notes/demo_experiments.md, eighth pass).
   # Mixed by weight alone (not by size): the toy world has one caption and ~27 QA per video. QA at
   # 2: at 1 the model had not learnt what kind of answer each question takes ("From which side..."
   # answered "1"), and its open answers to the other questions fell below the text-only guess
-  # (0.12-0.19 against 0.28 over three seeds; at 2, 0.22-0.26; docs/training.md, ninth pass).
-  c.data.weights.update(dict(caption=0.5, qa=2.0, cot=0.5, perception=1.0))
+  # (0.12-0.19 against 0.28 over three seeds; at 2, 0.22-0.26; docs/notes/demo_experiments.md, ninth pass).
+  c.data.weights = ml_collections.ConfigDict(dict(caption=0.5, qa=2.0, cot=0.5, perception=1.0))
   c.data.mix_by_size = False
   # 150 warm-up steps: with the SFT's 40 the read formed in one of five seeds only weakly (open
   # perception after the stage 0.39; 0.77-0.93 else), with 150 at 0.88-0.90 in all five
-  # (docs/training.md, ninth pass).
+  # (docs/notes/demo_experiments.md, ninth pass).
   c.pretrain.steps, c.pretrain.warmup_steps = 700, 150
+  c.pretrain.weights = ml_collections.ConfigDict(dict(caption=0.0, qa=0.0, cot=0.0, perception=1.0))
   # One task per batch (data.batch_by_task), so each task's batches take its own bucket: direct
   # QA <= 183 tokens (<= 13 trained), captions <= 293 (<= 179), CoT <= 386 (<= 140); <= 4 frame
   # pairs of 48 patches.
   c.data.buckets = [dict(length=192, patches=256, frame_block=64, loss_tokens=16),
                     dict(length=320, patches=256, frame_block=64, loss_tokens=192),
                     dict(length=448, patches=256, frame_block=64, loss_tokens=192)]
-  # 1e-3: at 3e-3 this model does not learn to read a chosen moment (docs/training.md, sixth pass).
+  # 1e-3: at 3e-3 this model does not learn to read a chosen moment (docs/notes/demo_experiments.md, sixth pass).
   c.optimizer.update(dict(learning_rate=1e-3, warmup_steps=40, weight_decay=0.01))
   # Evaluation prompts are direct-answer QA (<= 167 tokens). The longest answers ("it passes behind
   # the green circle") take 13 new tokens with the toy tokenizer; 10 cut every causal answer off.

@@ -6,10 +6,10 @@
 
 Paper settings (REWATCH_METHOD.md sec. 5): 16k context, video at 2 fps, <= 192 frames of
 128*28*28 pixels, AdamW, lr 1e-6 (reported inconsistently), grad clip 1.0, global batch 64,
-10 epochs. The recipe itself is configs/common.py:sft_recipe.
+10 epochs. The recipe itself is rewatch_jax/train/config.py:sft_recipe.
 """
 
-from configs.common import lr_sweep, sft_recipe
+from rewatch_jax.train.config import lr_sweep, sft_recipe
 
 
 def get_config(arg: str | None = None):

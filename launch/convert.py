@@ -1,15 +1,17 @@
-r"""Convert between Hugging Face Qwen2.5-VL folders and rewatch-jax Orbax checkpoints.
+r"""Convert between Hugging Face Qwen2.5-VL folders and rewatch-jax Orbax checkpoints
+(`python launch/convert.py` or `rewatch-convert`).
 
   python launch/convert.py --hf_dir DIR --out_dir DIR                 # HF -> Orbax (step 0)
   python launch/convert.py --checkpoint_dir DIR --hf_out DIR [--step N]  # Orbax -> HF
 """
 
-import os
-import sys
+import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags, logging  # noqa: E402
+from rewatch_jax import checkpoint, hf, host
+
+log = logging.getLogger("rewatch_jax.launch.convert")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_dir", None, "Hugging Face folder (config.json + *.safetensors), local or gs://.")
@@ -22,7 +24,7 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype 
 
 def main(argv):
   del argv
-  from rewatch_jax import checkpoint, hf
+  host.show_library_logs(FLAGS["verbosity"].present)
   if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint_dir):
     raise app.UsageError("give exactly one of --hf_dir (with --out_dir) or --checkpoint_dir (with --hf_out)")
   if FLAGS.hf_dir:
@@ -30,16 +32,20 @@ def main(argv):
       raise app.UsageError("--hf_dir needs --out_dir")
     model = hf.load_pretrained(FLAGS.hf_dir, dtype=FLAGS.dtype)
     checkpoint.save_model(model, FLAGS.out_dir)
-    logging.info("wrote %s", FLAGS.out_dir)
-    print(f"converted {FLAGS.hf_dir} -> {FLAGS.out_dir} (step 0, {FLAGS.dtype})")
+    log.info("converted %s -> %s (step 0, %s)", FLAGS.hf_dir, FLAGS.out_dir, FLAGS.dtype)
   else:
     if not FLAGS.hf_out:
       raise app.UsageError("--checkpoint_dir needs --hf_out")
     model = checkpoint.load_model(FLAGS.checkpoint_dir, step=FLAGS.step, param_dtype=FLAGS.dtype,
                                   dtype=FLAGS.dtype)
     hf.save_pretrained(model, FLAGS.hf_out)
-    print(f"exported {FLAGS.checkpoint_dir} -> {FLAGS.hf_out}")
+    log.info("exported %s -> %s", FLAGS.checkpoint_dir, FLAGS.hf_out)
+
+
+def entry():
+  """The `rewatch-convert` console script."""
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry()

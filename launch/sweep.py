@@ -1,4 +1,5 @@
-r"""Expand a config's `sweep()` grid into runs; print them (default) or launch them.
+r"""Expand a config's `sweep()` grid into runs; print them (default) or launch them
+(`python launch/sweep.py` or `rewatch-sweep`).
 
   python launch/sweep.py --config configs/sft_qwen2_5_vl_7b.py --workdir gs://bucket/sweeps/lr
   python launch/sweep.py --config configs/sft_qwen2_5_vl_7b.py --workdir gs://bucket/sweeps/lr \
@@ -11,7 +12,6 @@ is a dry run that only prints.
 """
 
 import importlib.util
-import os
 import shlex
 import subprocess
 import sys
@@ -33,8 +33,7 @@ def load_sweep(config_arg: str) -> list[dict]:
   path = config_arg.split(":")[0]
   spec = importlib.util.spec_from_file_location("sweep_config", path)
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  spec.loader.exec_module(module)
+  spec.loader.exec_module(module)  # (it imports rewatch_jax: the installed package)
   if not hasattr(module, "sweep"):
     raise app.UsageError(f"{path} has no sweep() function")
   return module.sweep()
@@ -76,5 +75,10 @@ def main(argv):
     print(f"# dry run: {len(cmds)} runs; add --launch to start them", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def entry():
+  """The `rewatch-sweep` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,6 +1,8 @@
 """Orbax checkpoints of the model: one layout for conversion, training and serving.
 
     <dir>/model_config.json        the ModelConfig (architecture + dtypes)
+    <dir>/data.json                training checkpoints: the VideoSpec and tokenizer (with their
+                                   hashes) the data they trained on was made with
     <dir>/<step>/params/...        nnx.Param state (Orbax, sharded arrays, any device count)
     <dir>/<step>/<other items>     the trainer adds optimizer state, RNG and data-iterator state
 
@@ -10,8 +12,10 @@ into the same kind of directory, so every tool reads any of them with `load_mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -21,7 +25,7 @@ from rewatch_jax.models import ModelConfig, Qwen25VL
 from rewatch_jax.models.sharding import DEFAULT_RULES, Rules, param_shardings
 
 CONFIG_FILE = "model_config.json"
-VIDEO_SPEC_FILE = "video_spec.json"  # the VideoSpec (and hash) of the data a training run read
+DATA_FILE = "data.json"  # what a training run's frames and tokens were made with (Run.identity)
 
 
 def write_model_config(directory: str, cfg: ModelConfig) -> None:
@@ -42,7 +46,8 @@ def save_model(model: Qwen25VL, directory: str, step: int = 0) -> None:
   """Save only the parameters as `step` (blocking)."""
   write_model_config(directory, model.config)
   with ocp.CheckpointManager(epath.Path(directory).absolute()) as manager:
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model, nnx.Param)))))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()
 
 
@@ -74,53 +79,61 @@ def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-class TrainCheckpointer:
-  """Training checkpoints in the same layout: `params` plus `opt_state`, `train_meta` (step, RNG,
-  non-finite streaks) and `data_iter` (the Grain iterator state, per process), saved together
-  as one step, asynchronously; the last `keep` are kept. Orbax finalises a step atomically, so a
-  run killed at any moment resumes from the last complete one."""
+def read_identity(directory: str) -> dict | None:
+  """The VideoSpec and tokenizer (with hashes) a training checkpoint folder's data was made with,
+  or None where it records none (converted checkpoints, or none there yet)."""
+  path = epath.Path(directory) / DATA_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
-  def __init__(self, directory: str, model_config: ModelConfig, keep: int = 3, video_spec: dict | None = None):
+
+class TrainCheckpointer:
+  """Training checkpoints in the same layout: `params` plus `opt_state`, `train_meta` (the train
+  state's other fields: step, RNG, non-finite streaks) and `data_iter` (the Grain iterator state,
+  per process), saved together as one step, asynchronously; the last `keep` are kept. Orbax
+  finalises a step atomically, so a run killed at any moment resumes from the last complete one.
+  `identity`: what the run's frames and tokens are made with, written beside them (DATA_FILE)."""
+
+  def __init__(self, directory: str, model_config: ModelConfig, keep: int = 3, identity: dict | None = None):
     write_model_config(directory, model_config)
-    if video_spec and jax.process_index() == 0:  # what the frames it trained on were decoded with
-      (epath.Path(directory) / VIDEO_SPEC_FILE).write_text(json.dumps(video_spec, indent=2))
+    if identity and jax.process_index() == 0:
+      (epath.Path(directory) / DATA_FILE).write_text(json.dumps(identity, indent=2))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(epath.Path(directory).absolute(), options=options)
 
   @staticmethod
-  def _split(state):
-    meta = {k: v for k, v in state.items() if k not in ("params", "opt_state")}
-    return nnx.to_pure_dict(state["params"]), state["opt_state"], meta
+  def _split(state) -> tuple[dict, object, dict]:
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    params, opt_state = fields.pop("params"), fields.pop("opt_state")
+    return nnx.to_pure_dict(params), opt_state, fields
 
-  def save(self, step: int, state: dict, data_iter) -> None:
-    import grain
+  def save(self, step: int, state, data_iter) -> None:
     params, opt_state, meta = self._split(state)
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         train_meta=ocp.args.StandardSave(meta), data_iter=grain.checkpoint.CheckpointSave(data_iter)))
 
-  def restore_latest(self, state: dict, data_iter) -> tuple[dict, bool] | None:
+  def restore_latest(self, state, data_iter) -> tuple[object, bool] | None:
     """Restore the latest step into `state`'s structure and shardings (any device count) and the
     data iterator in place: (state, True); None when there is no checkpoint yet. Grain keeps one
     iterator state per process: when they were saved by another process count (a resized pod),
     the iterator is left as it is and the flag is False (the trainer then reads on from the step)."""
-    import grain
     step = self.manager.latest_step()
     if step is None:
       return None
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
     params, opt_state, meta = self._split(state)
-    items = dict(params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+    items = dict(params=ocp.args.StandardRestore(abstract(params)),
+                 opt_state=ocp.args.StandardRestore(abstract(opt_state)),
                  train_meta=ocp.args.StandardRestore(abstract(meta)))
     mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     same_processes = (epath.Path(self.manager.directory) / str(step) / "data_iter" / mine).exists()
     if same_processes:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
-    new_params = jax.tree.map(lambda x: x, state["params"])
+    new_params = jax.tree.map(lambda x: x, state.params)
     nnx.replace_by_pure_dict(new_params, out["params"])
-    return dict(params=new_params, opt_state=out["opt_state"], **out["train_meta"]), same_processes
+    return state.replace(params=new_params, opt_state=out["opt_state"], **out["train_meta"]), same_processes
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

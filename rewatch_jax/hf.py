@@ -11,13 +11,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -177,7 +178,7 @@ def load_pretrained(hf_dir: str, dtype: str = "float32", mesh: jax.sharding.Mesh
       raise CheckpointError(f"{hf_dir} does not match the Qwen2.5-VL config in its config.json: "
                             + "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else ""))
     by_file: dict[str, list[str]] = {}
-    for name, (path, key) in located.items():
+    for name, (path, _) in located.items():
       by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
       with safe_open(path, framework="numpy") as f:
@@ -194,7 +195,6 @@ def load_pretrained(hf_dir: str, dtype: str = "float32", mesh: jax.sharding.Mesh
 
 def _host_array(x: jax.Array) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
 

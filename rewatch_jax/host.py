@@ -1,23 +1,13 @@
-"""Settings of the host process for XLA's CPU backend: transparent huge pages for malloc.
+"""Settings of the host process that the launch scripts apply first: what they log
+(`show_library_logs`), and transparent huge pages for malloc under XLA's CPU backend.
 
 Each run of a compiled XLA CPU program allocates its temporary buffer (the demo's SFT step: 224-564
 MB, one per bucket; a 75M model's fwd+bwd: GBs) with posix_memalign. A block that large is mmapped
 and unmapped when freed, so every step faults its whole working set in again, 4 KB at a time (the
 demo's SFT: 65M minor faults, 118 s of system time). `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes
 malloc madvise its memory for transparent huge pages, so the same memory faults in 2 MB at a time.
-Same 2-core AVX-512 VM, 2026-11-29 (the demo: 700 SFT steps and three evaluations, data prepared;
-`benchmarks/model_forward.py`: a 75M model's fwd+bwd, our process only):
-
-| malloc | demo wall / system s / minor faults / peak RSS | 75M fwd+bwd tokens/s / peak RSS |
-|---|---|---|
-| glibc's defaults | 3:55 / 118 / 65M / 2.6 GB | 363-376 / 4.1 GB (3 runs) |
-| one arena, no mmap, no trimming (sessions 9-10) | 3:29 / 20 / 1.9M / 2.9 GB | 202-373 / 3.9-9.1 GB (4 runs) |
-| `glibc.malloc.hugetlb=1` (this) | 3:34 / 68 / 1.9M / 2.6 GB | 434-439 / 4.1-4.2 GB (2 runs) |
-
-The one-arena setting kept freed blocks in one sbrk heap; on the 75M step that heap fragmented in
-2 of 4 runs (peak RSS 6.6 and 9.1 GB, the step up to 1.8x slower), and it slowed compilation. Huge
-pages keep glibc's default layout (4.1-4.2 GB in every run) and speed up both. Numerics are
-unaffected (the demo's table is identical).
+On the demo that turns 65M minor faults into 1.9M and the run ~10% faster; a 75M model's fwd+bwd
+runs 1.17x faster (benchmarks/RESULTS.md, "malloc for XLA's CPU backend"). Numerics are unaffected.
 
 glibc reads tunables only when a process starts, so `reexec_if_cpu()` restarts the entry point
 (`os.execve`, same pid and arguments) with GLIBC_TUNABLES extended, before anything else runs;
@@ -29,11 +19,23 @@ The pytest process does not restart itself (tests are unaffected either way).
 
 from __future__ import annotations
 
+import logging
 import os
 import pkgutil
 import sys
 
+from absl import logging as absl_logging
+
 HUGETLB = "glibc.malloc.hugetlb=1"
+
+
+def show_library_logs(verbosity_given: bool) -> None:
+  """rewatch_jax's INFO lines and every library's warnings; other libraries' INFO chatter (Orbax,
+  JAX, TFDS) stays hidden, it buries the progress bars. `--verbosity` (`-v`) given: absl's own
+  setting, for every logger."""
+  if not verbosity_given:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("rewatch_jax").setLevel(logging.INFO)
 
 
 def cpu_backend_expected(environ=os.environ) -> bool:

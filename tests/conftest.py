@@ -35,7 +35,7 @@ def small_sft_config():
   """The demo's SFT recipe shrunk to 4 toy videos and 6 steps of batch 8."""
   from configs import demo
   c = demo.get_config("sft")
-  c.toyworld.videos, c.toyworld.test_fraction = 4, 0.25
+  c.demo.videos, c.demo.test_fraction = 4, 0.25
   c.data.batch_size = 8
   c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 6, 1, 2
   return c
@@ -44,8 +44,16 @@ def small_sft_config():
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
   """(workdir, prepared data dir, toy tokenizer) of a small toy world, built once per session."""
-  from rewatch_jax.train import driver
+  from rewatch_jax.data.video import VideoSpec
+  from rewatch_jax.demo import hooks
   work = tmp_path_factory.mktemp("sftdata")
   c = small_sft_config()
-  driver.prepare_toyworld(c, str(work))
-  return str(work), c.data.dir, c.tokenizer
+  toy = hooks.prepare_toyworld(c.demo, VideoSpec(**c.video_spec), str(work))
+  return str(work), toy.data_dir, toy.tokenizer
+
+
+def resolved(c, data_dir: str, tokenizer: str, workdir: str, devices=None):
+  """`resolve` of a demo config on the prepared toy world (no toy world of its own)."""
+  from rewatch_jax.train.resolve import resolve
+  c.demo.videos, c.data.dir, c.tokenizer = 0, data_dir, tokenizer
+  return resolve(c, workdir, devices)

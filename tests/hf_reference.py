@@ -45,9 +45,12 @@ def make_batch(cfg: ModelConfig, examples, seed: int = 0, pad_to: int | None = N
       token = cfg.image_token_id if kind == "image" else cfg.video_token_id
       ids += [cfg.vision_start_token_id] + [token] * (n // m) + [cfg.vision_end_token_id]
       if kind == "image":
-        images.append(rows); igrid.append(grid)
+        images.append(rows)
+        igrid.append(grid)
       else:
-        videos.append(rows); vgrid.append(grid); spg.append(seg[2])
+        videos.append(rows)
+        vgrid.append(grid)
+        spg.append(seg[2])
     seqs.append(ids)
   length = max(pad_to or 0, max(len(s) for s in seqs))
   input_ids = np.zeros((len(seqs), length), np.int64)

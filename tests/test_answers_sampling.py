@@ -37,9 +37,9 @@ def test_an_answer_cut_off_mid_way_is_told_apart():
 
 
 def test_greedy_generate_matches_manual_decoding():
-  from tests.hf_reference import make_batch, tiny_config
-  from rewatch_jax.models import Qwen25VL, from_hf_inputs
   from rewatch_jax.generate import greedy_generate
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs
+  from tests.hf_reference import make_batch, tiny_config
   cfg = tiny_config()
   model = Qwen25VL(cfg, rngs=nnx.Rngs(3))
   batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2]], seed=4)
@@ -58,9 +58,9 @@ def test_greedy_generate_matches_manual_decoding():
 def test_generation_with_remat_configured():
   """The recipes train with remat; generating (evaluation, RL's sampler) with such a model gives
   the same tokens (remat is for the backward pass; in the decode loop it once failed to trace)."""
-  from tests.hf_reference import make_batch, tiny_config
-  from rewatch_jax.models import Qwen25VL, from_hf_inputs
   from rewatch_jax.generate import greedy_generate
+  from rewatch_jax.models import Qwen25VL, from_hf_inputs
+  from tests.hf_reference import make_batch, tiny_config
   tokens = []
   for policy in ("none", "full", "dots"):
     cfg = tiny_config().replace(remat=policy)

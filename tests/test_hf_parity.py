@@ -4,10 +4,9 @@ our loader -> logits at 1e-4; our exporter -> transformers from_pretrained -> lo
 import numpy as np
 import pytest
 
-from tests.hf_reference import build_hf_model, hf_logits, make_batch, tiny_config, torch, transformers
-
 from rewatch_jax import hf
 from rewatch_jax.models import forward_hf_inputs, from_hf_inputs
+from tests.hf_reference import build_hf_model, hf_logits, make_batch, tiny_config, torch, transformers
 
 CASES = {
     "text": [[13], [9]],

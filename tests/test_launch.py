@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,7 +20,7 @@ def _train(*args):
 
 def test_demo_runs_end_to_end(tmp_path):
   """The README's main command, shrunk: toy data prepared, evaluated, trained, evaluated."""
-  args = ("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=3",
+  args = ("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.demo.videos=3",
           "--config.pretrain.steps=2", "--config.pretrain.batch_size=4", "--config.total_steps=3",
           "--config.log_every_steps=1", "--config.data.batch_size=4", "--config.eval.batch_size=8")
   out = _train(*args)
@@ -30,10 +32,10 @@ def test_demo_runs_end_to_end(tmp_path):
   assert results["after_sft_swap"]["n"] == results["after_sft"]["n"] > 8  # the video ablation
   answers = [json.loads(line) for line in (tmp_path / "eval_after_sft.jsonl").read_text().splitlines()]
   assert {"id", "question", "answer", "response", "correct", "truncated"} <= set(answers[0])
-  assert "after_sft" in out.stdout and "chance" in out.stdout and "perception" in out.stdout
+  assert "after_sft" in out.stderr and "chance" in out.stderr and "perception" in out.stderr  # the table
   # the guessers that never see a frame, on the same questions
   assert results["chance"]["n"] == results["text only"]["n"] == results["after_sft"]["n"]
-  assert "text only" in out.stdout and 0 < results["chance"]["by_form"]["mc"] == 0.25
+  assert "text only" in out.stderr and 0 < results["chance"]["by_form"]["mc"] == 0.25
   assert 0 < results["chance"]["perception"] <= 1 and "parsed_rate" not in results["text only"]
   # evaluation's progress bar (with its ETA) runs to the number of batches
   batches = -(-results["after_sft"]["n"] // 8)
@@ -74,7 +76,9 @@ def test_recipe_runs_as_users_launch_it(tmp_path):
   out = _train("--config", "configs/sft_qwen2_5_vl_7b.py:tiny", "--workdir", str(work),
                f"--config.data.dir={tmp_path / 'data'}", "--config.data.batch_size=4", "--config.total_steps=2",
                "--config.log_every_steps=1", "--config.eval.enabled=True", "--config.eval.limit=4",
-               "--config.eval.max_new_tokens=4")
+               "--config.eval.max_new_tokens=4",  # and the VideoSpec the data was prepared with:
+               "--config.video_spec.fps=1", "--config.video_spec.max_frames=4", f"--config.video_spec.min_pixels={56 * 56}",
+               f"--config.video_spec.max_pixels={56 * 56}")
   assert out.returncode == 0, out.stderr[-3000:]
   steps = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in steps] == [1, 2] and all(r["skipped_steps"] == 0 for r in steps)
@@ -94,32 +98,27 @@ def test_bad_malloc_setting_is_named_without_a_traceback():
   assert out.returncode != 0 and "REWATCH_CPU_MALLOC must be 0" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_pretraining_stage_config_and_bad_values(tmp_path):
-  """The stage takes its steps, batch size and warm-up (0: the SFT's) and task mix; the SFT config is
-  untouched."""
+def test_pretraining_stage_takes_its_own_batch_and_warm_up(prepared, tmp_path):
+  """The stage takes its steps, batch size and warm-up (0: the SFT's) and task mix; the SFT's are
+  its own."""
   from configs import demo
-  from rewatch_jax.train import driver
+  from tests.conftest import resolved
+  _, data_dir, tokenizer = prepared
   c = demo.get_config()
-  stage = driver._pretrain_config(c)
-  assert (stage.total_steps, stage.data.batch_size, stage.epochs) == (c.pretrain.steps, c.data.batch_size, 0.0)
-  assert dict(stage.data.weights) == dict(c.pretrain.weights) and c.data.weights.caption > 0
-  assert stage.optimizer.warmup_steps == c.pretrain.warmup_steps != c.optimizer.warmup_steps
   c.pretrain.batch_size, c.pretrain.warmup_steps = 16, 0
-  stage = driver._pretrain_config(c)
-  assert stage.data.batch_size == 16 and c.data.batch_size == 8
-  assert stage.optimizer.warmup_steps == c.optimizer.warmup_steps
-  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
-               "--config.pretrain.steps=-5")
-  assert out.returncode != 0 and "pretrain.steps" in out.stderr and not (tmp_path / "pretrain").exists()
-  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
-               "--config.pretrain.warmup_steps=-1")
-  assert out.returncode != 0 and "pretrain.warmup_steps" in out.stderr and not (tmp_path / "pretrain").exists()
+  pretrain, sft = resolved(c, data_dir, tokenizer, str(tmp_path)).stages
+  assert (pretrain.total_steps, pretrain.batch_size, pretrain.optimizer.warmup_steps) == (700, 16, 40)
+  assert pretrain.task_weights == {"perception": 1.0} and sft.batch_size == 8
+  assert sft.task_weights == {"caption": 0.5, "qa": 2.0, "cot": 0.5, "perception": 1.0}
 
 
-def test_bad_ablation_fails_before_training(tmp_path):
-  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.toyworld.videos=0",
-               "--config.eval.ablation=swp")
-  assert out.returncode != 0 and "ablation" in out.stderr and not (tmp_path / "checkpoints").exists()
+@pytest.mark.parametrize("override, message", [("--config.pretrain.steps=-5", "pretrain.steps must be >= 0"),
+                                               ("--config.pretrain.warmup_steps=-1", "pretrain.warmup_steps must be >= 0"),
+                                               ("--config.eval.ablation=swp", "eval.ablation must be one of")])
+def test_bad_values_fail_at_start_naming_the_key(override, message, tmp_path):
+  out = _train("--config", "configs/demo.py", "--workdir", str(tmp_path), override)
+  assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+  assert not os.listdir(tmp_path)  # before the toy world, checkpoints or config.json
 
 
 def test_invalid_model_override_is_named():
@@ -135,8 +134,8 @@ def test_prepare_toyworld(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
-  assert (tmp_path / "test_qa.jsonl").stat().st_size > 0 and "train_cot" in out.stdout
-  assert "train_perception" in out.stdout and (tmp_path / "manifest.json").exists()
+  assert (tmp_path / "test_qa.jsonl").stat().st_size > 0 and "train_cot" in out.stderr
+  assert "train_perception" in out.stderr and (tmp_path / "manifest.json").exists()
 
 
 def test_prepare_records_into_array_record(tmp_path):
@@ -149,8 +148,8 @@ def test_prepare_records_into_array_record(tmp_path):
             "--out", str(tmp_path / "prep"), "--config", "caption", "--max_frames", "4",
             "--min_pixels", "3136", "--max_pixels", "3136")
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "caption: wrote 1 of 1 records" in out.stdout
-  assert "1 video, 1 new in the video store" in out.stdout
+  assert "caption: wrote 1 of 1 records" in out.stderr
+  assert "1 video, 1 new in the video store" in out.stderr
   assert (tmp_path / "prep" / "rewatch" / "caption" / "1.1.0" / "prepare_report.json").exists()
   assert list((tmp_path / "prep" / "video_store").glob("caption-*.keys.json"))
   out = run("--records", "x.jsonl", "--out", str(tmp_path))
@@ -177,11 +176,11 @@ def test_prepare_reads_released_rewatch_and_video_r1_files(tmp_path):
   out = run("--records", str(tmp_path / "qa.json"), "--records_format", "rewatch", "--out", str(tmp_path / "a"),
             "--config", "qa", *small)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "read 1 records" in out.stdout and "qa: wrote 1 of 1 records" in out.stdout
+  assert "read 1 records" in out.stderr and "qa: wrote 1 of 1 records" in out.stderr
   out = run("--records", str(tmp_path / "r1.json"), "--records_format", "video_r1", "--out", str(tmp_path / "b"),
             "--config", "qa", *small)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "qa: wrote 1 of 1 records" in out.stdout and "left out 1 image records of 2" in out.stderr
+  assert "qa: wrote 1 of 1 records" in out.stderr and "left out 1 image records of 2" in out.stderr
   out = run("--records", str(tmp_path / "qa.json"), "--out", str(tmp_path / "c"), "--config", "qa", *small)
   assert out.returncode != 0 and "--records_format=rewatch or video_r1" in out.stderr
 
@@ -198,14 +197,10 @@ def test_sweep_dry_run_and_tpu_pod_command():
 
 
 def test_compilation_cache_goes_under_the_workdir_on_accelerators_only():
-  from configs import sft_qwen2_5_vl_7b
-  from rewatch_jax.train.driver import compilation_cache_dir
-  c = sft_qwen2_5_vl_7b.get_config()
-  assert compilation_cache_dir(c, "gs://b/run", "tpu") == "gs://b/run/jax_cache"
-  assert compilation_cache_dir(c, "/runs/a", "gpu") == "/runs/a/jax_cache"
-  assert compilation_cache_dir(c, "/runs/a", "cpu") is None  # executables use the host's instruction set
+  from rewatch_jax.train.resolve import _compilation_cache_dir as cache_dir
+  assert cache_dir("jax_cache", "gs://b/run", "tpu") == "gs://b/run/jax_cache"
+  assert cache_dir("jax_cache", "/runs/a", "gpu") == "/runs/a/jax_cache"
+  assert cache_dir("jax_cache", "/runs/a", "cpu") == ""  # executables use the host's instruction set
   for path in ("/shared/jax_cache", "gs://b/cache"):
-    c.compilation_cache_dir = path
-    assert compilation_cache_dir(c, "/runs/a", "tpu") == path
-  c.compilation_cache_dir = ""
-  assert compilation_cache_dir(c, "/runs/a", "tpu") is None
+    assert cache_dir(path, "/runs/a", "tpu") == path
+  assert cache_dir("", "/runs/a", "tpu") == ""

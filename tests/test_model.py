@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.hf_reference import build_hf_model, make_batch, tiny_config
-
 from rewatch_jax import hf
 from rewatch_jax.models import ConfigError, KVCache, from_hf_inputs
 from rewatch_jax.models.sharding import axis_rules
+from tests.hf_reference import build_hf_model, make_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +199,13 @@ def test_cudnn_attention_off_gpu_is_named():
 def test_build_model_from_hf_takes_the_runtime_options(hf_dir):
   """config.model's dtype, param_dtype, remat and attention all reach a model loaded from HF
   (the compute dtype used to be forced to the parameter dtype)."""
-  from rewatch_jax.train import sft
   from rewatch_jax.mesh import make_mesh
+  from rewatch_jax.train import resolve, state
   from tests.conftest import small_sft_config
   c = small_sft_config()
   c.init_from_hf = hf_dir
   c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat="full", attention="xla"))
-  m = sft.build_model(c, make_mesh({"data": 1}, jax.devices()[:1]))
+  m = state.build_model(c, resolve._model(c), make_mesh({"data": 1}, jax.devices()[:1]))
   assert (m.config.param_dtype, m.config.dtype, m.config.remat, m.config.attention) == (
       "float32", "bfloat16", "full", "xla")
   assert m.text.layers[0].mlp.gate.kernel[...].dtype == jnp.float32
@@ -254,8 +253,9 @@ def test_causal_query_chunks_are_exact(chunks):
 
 
 def test_hf_folder_with_missing_extra_or_misshapen_tensors(hf_dir, tmp_path):
-  from safetensors.numpy import load_file, save_file
   import shutil
+
+  from safetensors.numpy import load_file, save_file
   tensors = load_file(f"{hf_dir}/model.safetensors")
 
   def folder(name, mutate):
@@ -338,11 +338,11 @@ def test_lm_head_backward_runs_in_the_compute_dtype():
   assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
   for g, ref in zip(grads, jax.grad(loss(plain), (0, 1))(xb, wb)):  # against autodiff's, bf16 too
     assert np.linalg.norm(np.asarray(g, np.float32) - ref) < 0.02 * np.linalg.norm(np.asarray(ref, np.float32))
-  dots = lambda f: [l for l in jax.jit(jax.grad(loss(f), (0, 1))).lower(xb, wb).as_text().splitlines()
-                    if "dot_general" in l]
-  assert len(dots(dense_fp32_out)) == 3 and not any("xf32>" in l.split("->")[0].split(":")[-1]
-                                                     for l in dots(dense_fp32_out))
-  assert any("xf32>" in l.split("->")[0].split(":")[-1] for l in dots(plain))  # what it replaces
+  dots = lambda f: [line for line in jax.jit(jax.grad(loss(f), (0, 1))).lower(xb, wb).as_text().splitlines()
+                    if "dot_general" in line]
+  assert len(dots(dense_fp32_out)) == 3 and not any("xf32>" in line.split("->")[0].split(":")[-1]
+                                                     for line in dots(dense_fp32_out))
+  assert any("xf32>" in line.split("->")[0].split(":")[-1] for line in dots(plain))  # what it replaces
 
 
 @pytest.mark.parametrize("block", [4, 16, 64])

@@ -9,12 +9,13 @@ import pytest
 from flax import nnx
 
 from rewatch_jax.data import pipeline, records, tfds_rewatch
-from rewatch_jax.demo import toyworld
+from rewatch_jax.data.batching import Bucket, unfit_summary
 from rewatch_jax.data.video import VideoSpec
+from rewatch_jax.demo import toyworld
 from rewatch_jax.models import Qwen25VL, get_preset
 
 SPEC = VideoSpec(fps=1.0, max_frames=4, min_pixels=56 * 56, max_pixels=56 * 56, total_pixels=4 * 56 * 56)
-BUCKETS = [pipeline.Bucket(length=640, patches=512, frame_block=64)]
+BUCKETS = [Bucket(length=640, patches=512, frame_block=64)]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +27,9 @@ def data(tmp_path_factory):
   qas = read("qa")
   two_videos = [q for pair in zip(qas[:3], qas[-3:]) for q in pair]  # alternating videos
   assert len({q.video for q in two_videos}) == 2
-  for config, recs in (("caption", caps), ("qa", qas[:12]), ("cot", read("cot")[:12]), ("rl", two_videos),
-                       ("perception", read("perception")[:8])):
-    tfds_rewatch.prepare(str(root / "prep"), config, recs, str(root / "toy"), SPEC, captions=caps)
+  for name, recs, kind in (("caption", caps, None), ("qa", qas[:12], None), ("cot", read("cot")[:12], None),
+                           ("rl", two_videos, None), ("perception", read("perception")[:8], "qa")):
+    tfds_rewatch.prepare(str(root / "prep"), name, recs, str(root / "toy"), SPEC, kind=kind, captions=caps)
   return str(root / "prep")
 
 
@@ -70,12 +71,12 @@ def test_mixing_by_size_draws_each_example_equally_often(data):
 
 
 def test_perception_examples_count_as_their_own_task(data):
-  """Perception examples are QA records; their losses are logged under the task they are drawn
-  from, in either batching."""
+  """Perception examples are QA records prepared as a set of their own; their losses are logged
+  under the task they are drawn from, in either batching."""
   for by_task in (True, False):
     it = iter(pipeline.sft_dataset(_pc(data, weights={"qa": 1, "perception": 1}, batch_by_task=by_task), _cfg()))
     seen = collections.Counter(t for _ in range(6) for t in next(it)["task"].tolist())
-    assert set(seen) == {pipeline.TASKS.index("qa"), pipeline.TASKS.index("perception")}, seen
+    assert set(seen) == {0, 1}, seen  # numbered in the order of the weights
 
 
 def test_iterator_state_restores_exactly(data):
@@ -126,7 +127,7 @@ def test_processes_agree_on_every_batchs_bucket(data, monkeypatch):
   so every process's arrays have one shape (jax.make_array_from_process_local_data needs it): a
   process whose own examples fit the short bucket still pads to the long one its batch-mates
   need. The global batches are the ones a single process reads, in the same bucket."""
-  buckets = [pipeline.Bucket(length=200, patches=512, frame_block=64), pipeline.Bucket(length=640, patches=512, frame_block=64)]
+  buckets = [Bucket(length=200, patches=512, frame_block=64), Bucket(length=640, patches=512, frame_block=64)]
 
   def read(rank, count, **kw):
     monkeypatch.setattr(jax, "process_index", lambda: rank)
@@ -170,7 +171,7 @@ def test_multiprocess_workers_match_in_process(data):
 
 def test_bucket_overflow_is_named(data):
   pc = _cfg()
-  small = pipeline.PipelineConfig(data_dir=data, batch_size=2, buckets=[pipeline.Bucket(32, 512, 64)])
+  small = pipeline.PipelineConfig(data_dir=data, batch_size=2, buckets=[Bucket(32, 512, 64)])
   with pytest.raises(ValueError, match="fits no bucket"):
     next(iter(pipeline.eval_dataset(small, pc, "qa")))
   with pytest.raises(ValueError, match="fits no bucket"):  # SFT batches are collated per task
@@ -181,7 +182,7 @@ def test_training_batches_replace_examples_that_fit_no_bucket(data):
   """A CoT example too long for the only bucket does not stop training (at real scale that would be
   hours in, and again at the same batch after every resume): it becomes a zero-weight copy of the
   shortest example that fits, listed under meta["unfit"], and the batch keeps its shape."""
-  short = pipeline.Bucket(length=200, patches=512, frame_block=64)
+  short = Bucket(length=200, patches=512, frame_block=64)
   pc = pipeline.PipelineConfig(data_dir=data, batch_size=4, buckets=[short], weights={"qa": 4, "cot": 1},
                                batch_by_task=False)
   it = iter(pipeline.sft_dataset(pc, _cfg()))
@@ -191,7 +192,7 @@ def test_training_batches_replace_examples_that_fit_no_bucket(data):
     assert b["inputs"].input_ids.shape == (4, 200)
     blank = b["loss_weights"].sum(1) == 0
     assert blank.sum() == len(b["meta"]["unfit"]) and set(b["meta"]["unfit"]).isdisjoint(np.array(b["meta"]["id"])[~blank])
-    assert (b["task"][~blank] == 1).all()  # only QA fits 200 tokens: the CoT rows are stand-ins
+    assert (b["task"][~blank] == 0).all()  # only QA (task 0) fits 200 tokens: the CoT rows are stand-ins
     unfit += len(b["meta"]["unfit"])
   assert unfit > 0
   # ... and the trainer says at start-up how many there are, from the shapes prepare kept: here
@@ -199,10 +200,10 @@ def test_training_batches_replace_examples_that_fit_no_bucket(data):
   from rewatch_jax.data import tfds_rewatch
   cot = tfds_rewatch.example_shapes(data, "cot")
   assert cot is not None and (cot[:, 3] > 200).all()
-  line = pipeline.unfit_summary(data, "cot", _cfg(), [short])
+  line = unfit_summary(data, "cot", _cfg(), [short])
   assert line.startswith(f"cot: {len(cot)} of {len(cot)} prepared examples (100.0%) fit no bucket")
-  assert pipeline.unfit_summary(data, "qa", _cfg(), [short]) is None
-  assert pipeline.unfit_summary(data, "cot", _cfg(), BUCKETS) is None
+  assert unfit_summary(data, "qa", _cfg(), [short]) is None
+  assert unfit_summary(data, "cot", _cfg(), BUCKETS) is None
 
 
 
@@ -210,7 +211,7 @@ def test_a_process_whose_examples_all_fit_no_bucket_stands_in_its_batch_mates(da
   """Two processes, batches mixing QA (fits the 200-token bucket) and CoT (does not): where all of
   one process's rows are CoT, its rows become zero-weight copies of the global batch's shortest
   fitting example (read from the other process's share), in the bucket both use."""
-  short = pipeline.Bucket(length=200, patches=512, frame_block=64)
+  short = Bucket(length=200, patches=512, frame_block=64)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   streams = []
   for rank in range(2):
@@ -245,9 +246,8 @@ def test_batches_go_onto_the_mesh_and_through_the_model(data):
 
 
 def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch):
-  from rewatch_jax.evaluation import accuracy
   from rewatch_jax.data import chat
-  from rewatch_jax.evaluation import evaluate
+  from rewatch_jax.evaluation import accuracy, evaluate
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
   fed = []  # the pixel rows each generation saw
   generate = accuracy.greedy_generate
@@ -275,6 +275,7 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
 
 def test_swap_gives_each_question_another_videos_frames(data):
   import json
+
   from rewatch_jax.evaluation import swap_videos
   batch = next(iter(pipeline.eval_dataset(_pc(data, batch_size=6), _cfg(), "rl")))  # 3 + 3 questions
   videos = [json.loads(r)["video"] for r in batch["meta"]["record"]]
@@ -292,7 +293,7 @@ def test_swap_gives_each_question_another_videos_frames(data):
 def test_batches_hold_one_task_and_take_its_smallest_bucket(data):
   """batch_by_task (the default): QA batches fit a short bucket that captions and CoT overflow;
   with it off, tasks share batches and every batch pads to the long bucket."""
-  short, long = pipeline.Bucket(length=200, patches=512, frame_block=64), BUCKETS[0]
+  short, long = Bucket(length=200, patches=512, frame_block=64), BUCKETS[0]
   lengths = {}
   for by_task in (True, False):
     pc = pipeline.PipelineConfig(data_dir=data, batch_size=4, buckets=[short, long], batch_by_task=by_task)

@@ -4,12 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
-
-from tests.hf_reference import build_hf_model, make_batch, tiny_config, torch
+from transformers import vision_utils
 
 from rewatch_jax.models import from_hf_inputs
 from rewatch_jax.models.positions import mrope_positions, vision_layout
-from transformers import vision_utils
+from tests.hf_reference import build_hf_model, make_batch, tiny_config, torch
 
 GRIDS = [(t, h, w) for t, h, w in itertools.product((1, 2, 3), (2, 4, 6, 8, 10, 16), (2, 4, 12, 14))]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rewatch_jax.data.processor import frames_to_patches
-from rewatch_jax.models import get_preset, from_hf_inputs
+from rewatch_jax.models import from_hf_inputs, get_preset
 from rewatch_jax.models.inputs import normalize_rows
 
 
@@ -53,6 +53,7 @@ def test_raw_rows_are_normalised_on_the_device_to_the_same_logits():
   Same rows as the host normalisation, same logits as HF-style float rows; one dtype per batch."""
   import jax
   from flax import nnx
+
   from rewatch_jax.models import Qwen25VL
   from rewatch_jax.models.qwen2_5_vl import _forward
   cfg = get_preset("tiny")

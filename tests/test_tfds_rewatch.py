@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from rewatch_jax.data import chat, records, tfds_rewatch
-from rewatch_jax.demo import toyworld
+from rewatch_jax.data import chat, pipeline, processor, records, tfds_rewatch
 from rewatch_jax.data.video import VideoSpec, decode, load_video
 from rewatch_jax.data.video_store import VideoStore
+from rewatch_jax.demo import toyworld
+from rewatch_jax.models import get_preset
 
 SPEC = VideoSpec(fps=1.0, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 84, total_pixels=8 * 56 * 84)
 
@@ -49,8 +50,16 @@ def test_prepare_and_read_back(toy, tmp_path, config):
     assert ex["answer"].decode() == rec.answer and ex["caption"].decode().startswith("[00:00-")
   else:
     trained = tok.decode(ex["input_ids"][ex["loss_mask"]].tolist(), skip_special_tokens=False)
-    assert trained == chat.target(tfds_rewatch.MODES[config], rec) + "<|im_end|>"
+    assert trained == chat.target(tfds_rewatch.KINDS[config].mode, rec) + "<|im_end|>"
   assert json.loads(ex["record"].decode())["id"] == rec.id
+  # the one encoder, both ways: the pipeline's example from the prepared tokens and the stored frames
+  # equals encode_example of the record's conversation around the decoded video
+  kind = tfds_rewatch.KINDS[config]
+  direct = processor.encode_example(tok, chat.conversation(kind.mode, rec, video.duration, with_answer=not kind.prompt_only),
+                                    video, get_preset("tiny").vision)
+  piped = pipeline.ToExample(get_preset("tiny")).map(ex)
+  for key, value in direct.items():
+    np.testing.assert_array_equal(piped[key], value, err_msg=key)
   # what decides each example's bucket, kept beside the data, row i for example i (the trainer's
   # start-up check; several processes agree on a batch's bucket from it without reading examples)
   shapes = tfds_rewatch.example_shapes(str(tmp_path), config)
@@ -110,13 +119,29 @@ def test_shards_prepared_separately_read_as_one(toy, tmp_path):
   assert len(list((tmp_path / "video_store").glob("*.array_record"))) == 2
   with pytest.raises(FileNotFoundError, match="launch/prepare.py"):
     tfds_rewatch.data_sources(str(tmp_path), "cot")
-  # the VideoSpec the data was decoded with travels to checkpoints and reports; two specs in one
-  # run's data are refused
-  assert tfds_rewatch.video_spec_of(str(tmp_path), ["qa"])["video_spec_hash"] == SPEC.hash
+  # the VideoSpec and tokenizer the data was made with travel to checkpoints and reports; two specs
+  # in one run's data are refused
+  made = tfds_rewatch.identity(str(tmp_path), ["qa"])
+  assert made["video_spec_hash"] == SPEC.hash and made["tokenizer_hash"] == chat.tokenizer_hash(chat.qwen_tokenizer())
   other = dataclasses.replace(SPEC, fps=SPEC.fps / 2)
-  tfds_rewatch.prepare(str(tmp_path), "perception", recs[:2], str(toy), other)
-  with pytest.raises(ValueError, match="decoded with different VideoSpecs"):
-    tfds_rewatch.video_spec_of(str(tmp_path), ["qa", "perception"])
+  tfds_rewatch.prepare(str(tmp_path), "subset", recs[:2], str(toy), other, kind="qa")
+  with pytest.raises(ValueError, match="made with different VideoSpecs"):
+    tfds_rewatch.identity(str(tmp_path), ["qa", "subset"])
+
+
+def test_a_set_prepared_under_its_own_name_holds_its_kinds_examples(toy, tmp_path):
+  """A QA subset prepared as a set of its own (the demo's perception questions): the qa kind's
+  prompt and features under another name, which trainers weight as a task; unknown kinds fail."""
+  recs = _records(toy, "train", "qa")[:3]
+  report = tfds_rewatch.prepare(str(tmp_path), "hard_questions", recs, str(toy), SPEC, kind="qa")
+  assert report["config"] == "hard_questions" and report["kind"] == "qa" and report["written"] == 3
+  (source,), meta = tfds_rewatch.data_sources(str(tmp_path), "hard_questions")
+  assert meta["kind"] == "qa" and len(source) == 3 and "answer" not in source[0]  # not prompt-only
+  tok = chat.qwen_tokenizer()
+  trained = tok.decode(source[0]["input_ids"][source[0]["loss_mask"]].tolist(), skip_special_tokens=False)
+  assert trained.startswith("<answer>")  # the direct-answer target
+  with pytest.raises(ValueError, match="unknown kind of prepared set 'perception'"):
+    tfds_rewatch.prepare(str(tmp_path), "perception", recs, str(toy), SPEC)
 
 
 def test_pool_workers_store_their_videos_once_for_every_config(toy, tmp_path):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rewatch_jax.data import records
-from rewatch_jax.demo import toyworld
 from rewatch_jax.data.video import VideoSpec, load_video, sample_indices, smart_nframes
+from rewatch_jax.demo import toyworld
 
 
 def test_deterministic():

@@ -8,8 +8,23 @@ import subprocess
 import numpy as np
 import pytest
 
-from rewatch_jax.data.video import (FrameCache, VideoError, VideoSpec, cache, decode, ffmpeg, frame_size, h264,
-                                    load_video, mp4, sample_indices, seeking, smart_nframes, smart_resize, source)
+from rewatch_jax.data.video import (
+  FrameCache,
+  VideoError,
+  VideoSpec,
+  cache,
+  decode,
+  ffmpeg,
+  frame_size,
+  h264,
+  load_video,
+  mp4,
+  sample_indices,
+  seeking,
+  smart_nframes,
+  smart_resize,
+  source,
+)
 
 
 def _clips():

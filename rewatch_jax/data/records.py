@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 QUESTION_TYPES = (
     "event_localization", "temporal_localization", "counting", "causal", "reading",

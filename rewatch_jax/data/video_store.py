@@ -23,6 +23,8 @@ import os
 import struct
 
 import numpy as np
+from array_record.python.array_record_data_source import ArrayRecordDataSource
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from rewatch_jax.data.video import DECODER_VERSION, Video, VideoSpec
 
@@ -97,7 +99,6 @@ class VideoStoreWriter:
     if key in self.known:
       return False
     if self._writer is None:
-      from array_record.python.array_record_module import ArrayRecordWriter
       os.makedirs(os.path.dirname(self.prefix), exist_ok=True)
       self._writer = ArrayRecordWriter(f"{self.prefix}{self.number:05d}.array_record", _OPTIONS)
     self._writer.write(data)
@@ -149,7 +150,6 @@ class VideoStore:
       raise KeyError(f"video {key} is not in the prepared data's video store ({len(self.paths)} files): "
                      "were video_store/ and the examples prepared into (or copied from) the same --out?")
     if self._source is None:
-      from array_record.python.array_record_data_source import ArrayRecordDataSource
       self._source = ArrayRecordDataSource(self.paths)
     return decode(self._source[self.index[key]])
 

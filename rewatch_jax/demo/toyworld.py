@@ -19,9 +19,20 @@ import subprocess
 from collections.abc import Sequence
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from rewatch_jax.data.records import (LETTERS, CaptionRecord, CoTRecord, Lineage, QARecord, Segment,
-                                      format_timestamp)
+from rewatch_jax.data import chat
+from rewatch_jax.data.records import (
+  LETTERS,
+  CaptionRecord,
+  CoTRecord,
+  Lineage,
+  QARecord,
+  Segment,
+  format_timestamp,
+  read_jsonl,
+  write_jsonl,
+)
 from rewatch_jax.data.video import VideoSpec, ffmpeg_exe, sample_indices, smart_nframes
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
@@ -35,7 +46,7 @@ BACKDROPS = {"navy": (20, 25, 90), "maroon": (90, 20, 25), "olive": (75, 75, 15)
              "grey": (85, 85, 85), "black": (5, 5, 5)}
 # v2: answers not guessable from the text (see tests); v3: a backdrop that changes colour, and
 # "perception" questions about it (a scene-wide attribute read at a named moment: no binding of
-# attributes to objects, so a tiny model learns to read it on a CPU; docs/training.md)
+# attributes to objects, so a tiny model learns to read it on a CPU; docs/notes/demo_experiments.md)
 GENERATOR = "toyworld-v3"
 # The perception questions (their open form also written on its own as {split}_perception.jsonl:
 # open answers teach a read that multiple choice, one binding step more, does not): one scene-wide
@@ -311,11 +322,13 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
                   [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it turns {c}")]))
       if sum(o.colour_change is not None and o.colour_change[1] == c for o in visible) == 1:
         out.append(("object_recognition", f"Which shape turns {c} during the video?", s.shape,
-                    [x for x in SHAPES if x != s.shape] + ["none"], [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
+                    [x for x in SHAPES if x != s.shape] + ["none"],
+                    [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
     if s.size_change and s.size_change[0] < min(s.leave_t, d):
       t, z = s.size_change
       out.append(("state_change", f"Does the {s.colour} {s.shape} become larger or smaller?",
-                  "larger" if z == "large" else "smaller", ["larger" if z != "large" else "smaller", "neither", "it disappears"],
+                  "larger" if z == "large" else "smaller",
+                  ["larger" if z != "large" else "smaller", "neither", "it disappears"],
                   [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it becomes {z}")]))
     if s.leave_t < d:
       out.append(("event_localization", f"When does the {s.label(s.leave_t, with_size=False)} leave the scene?"
@@ -368,7 +381,8 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
     # distractors of the same form (other shapes of the video first, then random ones): not guessable
     pool = [f"{c} {k}" for k in SHAPES for c in COLOURS]
     pool = [x.label(t, False) for x in visible] + [pool[i] for i in rng.permutation(len(pool))]
-    others = [f"it passes behind the {x}" for x in dict.fromkeys(pool) if x not in (s.label(t, False), o.label(t, False))]
+    others = [f"it passes behind the {x}" for x in dict.fromkeys(pool)
+              if x not in (s.label(t, False), o.label(t, False))]
     out.append(("causal", f"Why is the {s.label(t, False)} briefly hidden around {format_timestamp(t)}?",
                 answer, others[:2] + ["it leaves the scene"],
                 [Fact(t - 0.5, t + 0.5, f"the {s.label(t)} is behind the {o.label(t)}")]))
@@ -391,7 +405,9 @@ def _overlap(world: World, s: Shape, o: Shape) -> float | None:
   """First time (on 0.5 s steps) the centre of s is inside the larger shape o, both on screen."""
   for t in np.arange(max(s.enter_t, o.enter_t) + 0.5, min(s.leave_t, o.leave_t, world.duration) - 0.5, 0.5):
     (x1, y1), (x2, y2) = s.position(t), o.position(t)
-    if 0.1 < x1 < 0.9 and 0.1 < y1 < 0.9 and np.hypot(x1 - x2, (y1 - y2) * world.height / world.width) * world.width < SIZES[o.size_at(t)] * world.height * 0.6 and SIZES[o.size_at(t)] > SIZES[s.size_at(t)]:
+    apart = np.hypot(x1 - x2, (y1 - y2) * world.height / world.width) * world.width  # pixels
+    if (0.1 < x1 < 0.9 and 0.1 < y1 < 0.9 and apart < SIZES[o.size_at(t)] * world.height * 0.6
+        and SIZES[o.size_at(t)] > SIZES[s.size_at(t)]):
       return float(t)
   return None
 
@@ -485,9 +501,6 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
 def train_tokenizer(out_dir: str, vocab_size: int = 1024) -> str:
   """A small byte-level BPE trained on the train split's prompts and targets, with Qwen's special
   tokens (ids 0..6). The demo model uses it; the real-scale path uses the Qwen tokenizer."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from rewatch_jax.data import chat
-  from rewatch_jax.data.records import read_jsonl
   texts = [chat.SYSTEM, chat.user_prompt("caption", 0)]
   for name in ("caption", "qa", "cot"):
     for r in read_jsonl(os.path.join(out_dir, f"train_{name}.jsonl")):
@@ -540,7 +553,6 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
   (tokenizer.json, written last) and manifest.json (the arguments and GENERATOR, written first).
   `ranges` go to `generate` (duration, shapes, spec). Rerunning with the same arguments (after an
   interruption, say) reuses the videos; different ones raise (see `built`)."""
-  from rewatch_jax.data.records import write_jsonl
   want = manifest(count, seed, test_fraction, **ranges)
   built(out_dir, want)
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -548,7 +560,8 @@ def build(out_dir: str, count: int, seed: int = 0, test_fraction: float = 0.2, *
     json.dump(want, f, indent=1)
   n_test = max(1, int(round(count * test_fraction))) if count > 1 else 0
   stats = {}
-  for split, seeds in (("train", range(seed, seed + count - n_test)), ("test", range(seed + count - n_test, seed + count))):
+  splits = (("train", range(seed, seed + count - n_test)), ("test", range(seed + count - n_test, seed + count)))
+  for split, seeds in splits:
     caps, qas, cots, fakes = [], [], [], []
     for s in seeds:
       world = generate(s, **ranges)

@@ -23,18 +23,19 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rewatch_jax.data import pipeline, tfds_rewatch
+from rewatch_jax.data.batching import Bucket
 from rewatch_jax.evaluation.ablations import ABLATIONS, blank_videos, swap_videos
 from rewatch_jax.generate import greedy_generate
 from rewatch_jax.mesh import allgather_json, model_mesh
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
 
 
-def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequence[pipeline.Bucket], batch_size: int,
+def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucket], batch_size: int,
              max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
              ablation: str = "", seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
-  """`batch_size`: the global batch (split over processes, whose batches go onto `mesh`, by default
-  the one the model's parameters are on, like a training batch). Every process returns the result
-  over all of them."""
+  """Accuracy of `model` on the prepared set `name` under `data_dir`. `batch_size`: the global
+  batch (split over processes, whose batches go onto `mesh`, by default the one the model's
+  parameters are on, like a training batch). Every process returns the result over all of them."""
   if ablation not in ABLATIONS:
     raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
   mesh = mesh or model_mesh(model)
@@ -45,10 +46,10 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
   gather = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(mesh, rows_spec))
   predictions, swapped, batches = [], 0, 0
   order = dict(shuffle_seed=seed) if ablation == "swap" else {}
-  total = -(-len(pipeline.source(data_dir, config_name)) // batch_size)
+  total = -(-len(pipeline.source(data_dir, name)) // batch_size)
   progress = tqdm(total=min(total, -(-limit // batch_size)) if limit else total, unit="batch", dynamic_ncols=True,
-                  desc=f"eval {config_name}" + (f" ({ablation})" if ablation else ""), disable=jax.process_index() != 0)
-  for batch in pipeline.eval_dataset(pc, model.config, config_name, **order):
+                  desc=f"eval {name}" + (f" ({ablation})" if ablation else ""), disable=jax.process_index() != 0)
+  for batch in pipeline.eval_dataset(pc, model.config, name, **order):
     inputs, real = batch["inputs"], batch["meta"]["real"]
     records = [json.loads(r) for r in batch["meta"]["record"][:real]]
     if ablation == "blank":
@@ -65,7 +66,8 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
       text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
       predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
                               question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
-                              response=text, correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
+                              response=text,
+                              correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
                               truncated=cut == len(row), cut_off=cut == len(row) and answer_unclosed(text)))
     batches += 1
     progress.update()
@@ -78,7 +80,7 @@ def evaluate(model, data_dir: str, config_name: str, tokenizer, buckets: Sequenc
   n = max(len(predictions), 1)
   out = dict(accuracy=sum(p["correct"] is True for p in predictions) / n,
              parsed_rate=sum(p["correct"] is not None for p in predictions) / n, n=len(predictions),
-             **tfds_rewatch.video_spec_of(data_dir, [config_name]),
+             **tfds_rewatch.identity(data_dir, [name]),
              truncated=sum(p["truncated"] for p in predictions) / n, cut_off=sum(p["cut_off"] for p in predictions),
              by_type=_rate(predictions, "question_type"), by_form=_rate(predictions, "form"), predictions=predictions)
   if ablation == "swap":

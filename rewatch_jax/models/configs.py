@@ -100,18 +100,20 @@ class ModelConfig:
   # benchmarks/RESULTS.md); 1 (off) on CPU, where it would only add work.
   pad_mlp_to: int = 1
 
-  def replace(self, **kw) -> "ModelConfig":
+  def replace(self, **kw) -> ModelConfig:
     return dataclasses.replace(self, **kw)
 
-  def validate(self) -> "ModelConfig":
+  def validate(self) -> ModelConfig:
     v, t = self.vision, self.text
     problems = []
     if t.hidden_size % t.num_attention_heads:
       problems.append(f"text hidden_size {t.hidden_size} not divisible by num_attention_heads {t.num_attention_heads}")
     if t.num_attention_heads % t.num_key_value_heads:
-      problems.append(f"num_attention_heads {t.num_attention_heads} not divisible by num_key_value_heads {t.num_key_value_heads}")
+      problems.append(f"num_attention_heads {t.num_attention_heads} not divisible by num_key_value_heads "
+                      f"{t.num_key_value_heads}")
     if len(t.mrope_section) != 3 or sum(t.mrope_section) != t.head_dim // 2:
-      problems.append(f"mrope_section {tuple(t.mrope_section)} must have 3 entries summing to head_dim/2 = {t.head_dim // 2}")
+      problems.append(f"mrope_section {tuple(t.mrope_section)} must have 3 entries summing to head_dim/2 = "
+                      f"{t.head_dim // 2}")
     if v.hidden_size % v.num_heads:
       problems.append(f"vision hidden_size {v.hidden_size} not divisible by num_heads {v.num_heads}")
     if v.head_dim % 4:
@@ -148,7 +150,7 @@ class ModelConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any], **overrides) -> "ModelConfig":
+  def from_dict(cls, d: dict[str, Any], **overrides) -> ModelConfig:
     d = dict(d)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
@@ -160,7 +162,7 @@ class ModelConfig:
 
   # ---- Hugging Face config.json ----
   @classmethod
-  def from_hf_dict(cls, d: dict[str, Any], **runtime) -> "ModelConfig":
+  def from_hf_dict(cls, d: dict[str, Any], **runtime) -> ModelConfig:
     """Reads both the released (transformers 4, flat text fields) and transformers 5 layouts."""
     if d.get("model_type") not in (None, "qwen2_5_vl"):
       raise ConfigError(f"config.json model_type is {d.get('model_type')!r}, expected 'qwen2_5_vl'")

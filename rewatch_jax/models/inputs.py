@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from flax import struct
 
-from rewatch_jax.models import positions as P
 from rewatch_jax.models.configs import ModelConfig
+from rewatch_jax.models.positions import frame_slots, mrope_positions, vision_layout
 
 
 @struct.dataclass
@@ -118,7 +118,8 @@ def from_hf_inputs(
       raise ValueError(f"{kind}_grid_thw {grid.tolist()}: h and w must be multiples of {m}")
     starts = np.concatenate([[0], np.cumsum(rows)])
     streams[kind] = [(tuple(int(x) for x in g), pixels[starts[i]:starts[i + 1]]) for i, g in enumerate(grid)]
-  spg = np.ones(len(streams["video"])) if second_per_grid_ts is None else _as_np(second_per_grid_ts, np.float32).reshape(-1)
+  spg = (np.ones(len(streams["video"])) if second_per_grid_ts is None
+         else _as_np(second_per_grid_ts, np.float32).reshape(-1))
   if len(spg) != len(streams["video"]):
     raise ValueError(f"second_per_grid_ts has {len(spg)} entries for {len(streams['video'])} videos")
 
@@ -151,14 +152,14 @@ def from_hf_inputs(
       raise ValueError(f"{len(streams[kind])} {kind} grids were given but input_ids hold "
                        f"placeholders for only {used}")
 
-  positions, _ = P.mrope_positions(ids, mask, items, cfg)
+  positions, _ = mrope_positions(ids, mask, items, cfg)
   grids = [np.array([g for _, g, _ in it], np.int64).reshape(-1, 3) for it in items]
-  need = max((P.frame_slots(h, w, v) for g in grids for _, h, w in g), default=0)
+  need = max((frame_slots(h, w, v) for g in grids for _, h, w in g), default=0)
   if frame_block is None:
     frame_block = max(need, v.window_merged**2 * v.merge_unit)
   elif frame_block < need:
     raise ValueError(f"an item needs {need} patch slots per frame, more than frame_block={frame_block}")
-  layouts = [P.vision_layout(g, v, frame_block) for g in grids]
+  layouts = [vision_layout(g, v, frame_block) for g in grids]
   num = max((len(lay["patch_order"]) for lay in layouts), default=0)
   if pad_patches_to is not None:
     if num > pad_patches_to:

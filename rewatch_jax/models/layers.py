@@ -21,7 +21,7 @@ def dense(x: jax.Array, kernel: jax.Array, **kw) -> jax.Array:
   flattened). The same numbers, but the kernel's gradient then contracts one axis instead of all
   of x's leading axes, which XLA's CPU backend otherwise computes from two transposed copies and a
   slower matmul: a 4-layer SwiGLU stack's fwd+bwd 1.42x faster, the 75M benchmark's 1.27x
-  (benchmarks/RESULTS.md, model_forward.py, session 13)."""
+  (benchmarks/RESULTS.md, model_forward.py)."""
   y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kw)
   return y.reshape(*x.shape[:-1], kernel.shape[-1])
 

@@ -12,7 +12,7 @@ import contextvars
 import logging
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -99,7 +99,8 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules = DE
       uneven.add(f"{name} {tuple(v.shape)}: {spec} -> {fitted}")
     return NamedSharding(mesh, fitted)
   out = jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  message = f"mesh {dict(mesh.shape)} does not divide these parameters; replicated along those axes: " + "; ".join(sorted(uneven))
+  message = (f"mesh {dict(mesh.shape)} does not divide these parameters; replicated along those axes: "
+             + "; ".join(sorted(uneven)))
   if uneven and message not in _WARNED:
     _WARNED.add(message)
     logging.getLogger(__name__).warning(message)

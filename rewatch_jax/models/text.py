@@ -8,8 +8,17 @@ import numpy as np
 from flax import nnx, struct
 
 from rewatch_jax.models.configs import ModelConfig
-from rewatch_jax.models.layers import (Linear, RMSNorm, SwiGLU, attention, causal_attention, dense_fp32_out, param,
-                                       remat, rotate)
+from rewatch_jax.models.layers import (
+  Linear,
+  RMSNorm,
+  SwiGLU,
+  attention,
+  causal_attention,
+  dense_fp32_out,
+  param,
+  remat,
+  rotate,
+)
 from rewatch_jax.models.sharding import constrain
 
 
@@ -34,7 +43,7 @@ class KVCache:
   index: jax.Array  # () int32
 
   @classmethod
-  def create(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+  def create(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     t = cfg.text
     shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
     dtype = dtype or cfg.dtype

@@ -13,7 +13,7 @@ from flax import nnx
 
 from rewatch_jax.models.configs import ModelConfig
 from rewatch_jax.models.inputs import normalize_rows
-from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, remat, rotate, block_attention
+from rewatch_jax.models.layers import Linear, RMSNorm, SwiGLU, block_attention, remat, rotate
 from rewatch_jax.models.sharding import constrain
 
 

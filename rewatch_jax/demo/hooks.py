@@ -1,0 +1,103 @@
+"""The demo's part of a run (`config.hooks = "rewatch_jax.demo.hooks:Demo"`): it generates and
+prepares the toy world (`config.demo`) under <workdir>/data, scores the held-out perception
+questions apart, and puts two guessers that never see a frame at the top of the results table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple
+
+from rewatch_jax.data import records, tfds_rewatch
+from rewatch_jax.data.video import VideoSpec
+from rewatch_jax.demo import toyworld
+from rewatch_jax.train.resolve import Hooks
+
+log = logging.getLogger(__name__)
+
+# The prepared sets the demo trains and evaluates on: (name, split, records file, kind). The
+# perception questions (the backdrop's colour at a named moment) are a QA subset prepared as a set
+# of their own, so a stage can weight them as a task.
+SETS = (("caption", "train", "caption", "caption"), ("qa", "train", "qa", "qa"), ("cot", "train", "cot", "cot"),
+        ("perception", "train", "perception", "qa"), ("qa_eval", "test", "qa", "qa_eval"))
+
+
+class ToyData(NamedTuple):
+  data_dir: str  # the prepared sets (SETS)
+  tokenizer: str  # the toy tokenizer trained on the world's text
+  perception: frozenset[str]  # ids of the held-out perception questions
+  guessers: dict[str, dict]  # toyworld.baselines on the held-out questions
+
+
+def prepare_toyworld(demo, spec: VideoSpec, workdir: str) -> ToyData:
+  """Generate the toy world `demo` describes (videos, seed, test_fraction, duration and shapes
+  ranges) and prepare its sets under <workdir>/data, unless they are there already."""
+  root = os.path.join(workdir, "data")
+  toy, prepared = os.path.join(root, "toy"), os.path.join(root, "prepared")
+  world = dict(seed=demo.seed, test_fraction=demo.test_fraction, duration=tuple(demo.duration),
+               shapes=tuple(demo.shapes), spec=spec)
+  if not toyworld.built(toy, toyworld.manifest(demo.videos, **world)):
+    log.info("toy world: generating %d videos -> %s", demo.videos, toy)
+    toyworld.build(toy, demo.videos, **world)
+  tokenizer = os.path.join(toy, "tokenizer.json")
+  read = lambda split, kind: list(records.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
+  for name, split, kind, set_kind in SETS:
+    if not tfds_rewatch.set_dirs(prepared, name):
+      report = tfds_rewatch.prepare(prepared, name, read(split, kind), toy, spec, kind=set_kind, tokenizer=tokenizer)
+      log.info("prepared %s: %d examples (%d skipped)", name, report["written"], len(report["skipped"]))
+  perception = frozenset(r.id for r in read("test", "perception"))
+  return ToyData(prepared, tokenizer, perception, toyworld.baselines(read("train", "qa"), read("test", "qa")))
+
+
+class Demo(Hooks):
+
+  def __init__(self, config):
+    super().__init__(config)
+    if "demo" not in config:
+      raise ValueError("the demo's hooks read config.demo (videos, seed, test_fraction, duration, shapes)")
+    self.data: ToyData | None = None
+
+  def prepare(self, config, workdir: str) -> dict:
+    if not config.demo.videos:  # no toy world: the run reads config.data.dir
+      return {}
+    self.data = prepare_toyworld(config.demo, VideoSpec(**config.video_spec), workdir)
+    return {"data.dir": self.data.data_dir, "eval.dir": self.data.data_dir, "tokenizer": self.data.tokenizer}
+
+  def scored(self, result: dict) -> None:
+    hits = [bool(p["correct"]) for p in result["predictions"] if self.data and p["id"] in self.data.perception]
+    if hits:  # the accuracy on the perception questions alone
+      result["perception"] = sum(hits) / len(hits)
+
+  def report(self, results: dict) -> dict:
+    if not self.data:
+      return results
+    evaluated = next((r["predictions"] for r in results.values() if "predictions" in r), [])
+    return {**guesser_rows(self.data.guessers, evaluated, self.data.perception), **results}
+
+  def table_columns(self) -> tuple[str, ...]:
+    return ("perception",)
+
+  def table_note(self) -> str:
+    return ("(chance: a uniform guess, 1/4 on multiple choice, 1/(answers the question's template takes) when open;"
+            " text only: the most common training answer of the question's template, no frames; perception: the"
+            " open questions about the backdrop; *_swap: each question shown another video's frames, *_blank:"
+            " frames blanked)")
+
+
+def guesser_rows(guessers: dict[str, dict], predictions: list[dict], perception: frozenset[str]) -> dict[str, dict]:
+  """Table rows for guessers that never see a frame (per question id: right, or the probability of
+  it), on the questions that were evaluated."""
+  mean = lambda xs: float(sum(xs) / len(xs))
+  rows = {}
+  for name, per_id in guessers.items():
+    scored = [(p, per_id[p["id"]]) for p in predictions if p["id"] in per_id]
+    if not scored:
+      continue
+    forms = sorted({p["form"] for p, _ in scored})
+    row = dict(accuracy=mean([x for _, x in scored]), n=len(scored),
+               by_form={f: mean([x for p, x in scored if p["form"] == f]) for f in forms})
+    if any(p["id"] in perception for p, _ in scored):
+      row["perception"] = mean([x for p, x in scored if p["id"] in perception])
+    rows[name] = row
+  return rows
