@@ -46,14 +46,12 @@ def get_config(arg: str | None = None):
   # The perception questions stay in the mix as their own task: without them the recipe's other
   # tasks wear the pretrained read down (docs/notes/demo_experiments.md, eighth pass).
   # Mixed by weight alone (not by size): the toy world has one caption and ~27 QA per video. QA at
-  # 2: at 1 the model had not learnt what kind of answer each question takes ("From which side..."
-  # answered "1"), and its open answers to the other questions fell below the text-only guess
-  # (0.12-0.19 against 0.28 over three seeds; at 2, 0.22-0.26; docs/notes/demo_experiments.md, ninth pass).
+  # 2: at 1 the model had not learnt what kind of answer each question takes, and its open answers
+  # to the other questions fell below the text-only guess (docs/notes/demo_experiments.md, ninth pass).
   c.data.weights = ml_collections.ConfigDict(dict(caption=0.5, qa=2.0, cot=0.5, perception=1.0))
   c.data.mix_by_size = False
-  # 150 warm-up steps: with the SFT's 40 the read formed in one of five seeds only weakly (open
-  # perception after the stage 0.39; 0.77-0.93 else), with 150 at 0.88-0.90 in all five
-  # (docs/notes/demo_experiments.md, ninth pass).
+  # 150 warm-up steps: with the SFT's 40 the read formed only weakly in one seed of five, with 150
+  # in all five (docs/notes/demo_experiments.md, ninth pass).
   c.pretrain.steps, c.pretrain.warmup_steps = 700, 150
   c.pretrain.weights = ml_collections.ConfigDict(dict(caption=0.0, qa=0.0, cot=0.0, perception=1.0))
   # One task per batch (data.batch_by_task), so each task's batches take its own bucket: direct
