@@ -25,6 +25,18 @@ def test_comparison_benchmark_runs(script, extra):
 
 
 @pytest.mark.slow
+def test_sampler_benchmark_runs():
+  pytest.importorskip("torch", reason="the benchmark compares against transformers' generate")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "sampler.py"), "--frames", "2", "--size", "56",
+                        "--decode_tokens", "3", "--rollout_tokens", "3", "--repeats", "1"], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "decode tokens/s ours / HF" in out.stdout and "rollout (4 prompts x 8 samples x 3 tokens)" in out.stdout
+
+
+@pytest.mark.slow
 def test_profile_script_maps_xla_ops_to_source_ops():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)

@@ -127,7 +127,7 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   from flax import nnx
 
   from rewatch_jax.data.batching import Bucket
-  from rewatch_jax.generate import greedy_generate
+  from rewatch_jax.generate.sampler import _generate
   from rewatch_jax.models import Qwen25VL
   from rewatch_jax.models.inputs import ModelInputs
   from rewatch_jax.train import sft
@@ -158,9 +158,14 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   # which the decode loop's trace once could not take
   model = nnx.merge(graphdef, params)
   for b in [Bucket(**dict(b)) for b in c.eval.buckets]:
-    tokens = nnx.eval_shape(lambda m, x: greedy_generate(m, x, c.eval.max_new_tokens, cfg.eos_token_id), model,
-                            inputs(1, b))
-    assert tokens.shape == (1, c.eval.max_new_tokens)
+    out = nnx.eval_shape(lambda m, x: _generate(m, x, jax.random.key(0), max_new_tokens=c.eval.max_new_tokens,
+                                                stop_ids=cfg.stop_token_ids, temperature=0.0, top_p=1.0, top_k=0,
+                                                num_samples=1), model, inputs(1, b))
+    assert out.tokens.shape == (1, c.eval.max_new_tokens)
+  # and RL's rollouts: the paper's sampling (temperature 0.8, top_p 0.9: a sort of the 152k vocabulary)
+  out = nnx.eval_shape(lambda m, x: _generate(m, x, jax.random.key(0), max_new_tokens=64, stop_ids=cfg.stop_token_ids,
+                                              temperature=0.8, top_p=0.9, top_k=0, num_samples=2), model, inputs(1, b))
+  assert out.tokens.shape == out.logprobs.shape == (2, 64)
 
 
 # Parameter counts of the released checkpoints (Qwen/Qwen2.5-VL-{3B,7B}-Instruct model cards).

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from rewatch_jax import hf
-from rewatch_jax.models import ConfigError, KVCache, from_hf_inputs
+from rewatch_jax.models import ConfigError, from_hf_inputs
 from rewatch_jax.models.sharding import axis_rules
 from tests.hf_reference import build_hf_model, make_batch, tiny_config
 
@@ -47,30 +47,6 @@ def test_padding_patches_does_not_change_logits(model):
   padded = model(jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch, pad_patches_to=256, frame_block=64)))
   real = batch["attention_mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(tight)[real], np.asarray(padded)[real], atol=1e-5)
-
-
-def test_kv_cache_prefill_and_steps_match_full_forward(model):
-  cfg = model.config
-  steps = 4
-  batch = make_batch(cfg, [[3, ("video", (2, 4, 4), 1.0), 4], [2, ("image", (1, 4, 4)), 1]],
-                     seed=7)
-  rng = np.random.default_rng(0)
-  new = rng.integers(0, 400, (2, steps))
-  full_batch = dict(batch, input_ids=np.concatenate([batch["input_ids"], new], 1),
-                    attention_mask=np.concatenate([batch["attention_mask"], np.ones_like(new)], 1))
-  full_inputs = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **full_batch))
-  full = np.asarray(model(full_inputs))
-  length = batch["input_ids"].shape[1]
-
-  prompt = jax.tree.map(jnp.asarray, from_hf_inputs(cfg, **batch))
-  cache = KVCache.create(cfg, batch=2, max_len=length + steps)
-  logits, cache = model(prompt, cache=cache)
-  np.testing.assert_allclose(np.asarray(logits[:, -1]), full[:, length - 1], atol=1e-5)
-  step = nnx.jit(lambda m, t, p, c: m.decode_step(t, p, c))
-  for k in range(steps):
-    pos = full_inputs.positions[0, :, length + k]
-    logits, cache = step(model, jnp.asarray(new[:, k]), pos, cache)
-    np.testing.assert_allclose(np.asarray(logits), full[:, length + k], atol=1e-5)
 
 
 def test_sharded_load_and_forward_on_8_devices(model, hf_dir):

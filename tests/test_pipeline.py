@@ -250,10 +250,10 @@ def test_evaluate_scores_prompts_and_runs_the_video_ablations(data, monkeypatch)
   from rewatch_jax.evaluation import accuracy, evaluate
   model = Qwen25VL(_cfg(), rngs=nnx.Rngs(0))
   fed = []  # the pixel rows each generation saw
-  generate = accuracy.greedy_generate
-  monkeypatch.setattr(accuracy, "greedy_generate", lambda m, x, *a: fed.append(np.asarray(x.pixel_values)) or generate(m, x, *a))
+  generate = accuracy.generate
+  monkeypatch.setattr(accuracy, "generate", lambda m, x, **k: fed.append(np.asarray(x.pixel_values)) or generate(m, x, **k))
   run = lambda ablation: evaluate(model, data, "rl", chat.qwen_tokenizer(), BUCKETS[:1], batch_size=6,
-                                  max_new_tokens=6, eos_id=_cfg().eos_token_id, pad_id=151643, ablation=ablation)
+                                  max_new_tokens=6, stop_ids=_cfg().stop_token_ids, pad_id=151643, ablation=ablation)
   seen, blind, swap = run(""), run("blank"), run("swap")
   assert fed[0].dtype == np.uint8 and fed[0].any()  # the pipeline's raw rows, normalised by the model
   assert fed[1].dtype == np.float32 and not fed[1].any()  # blank: normalised zeros (mid-grey), not black

@@ -3,7 +3,7 @@ and the shared answer parser. Unparseable answers count as wrong and are reporte
 `ablation=` swaps or blanks the videos (ablations.py: what the model takes from the video; with
 "swap", `swapped` reports the fraction of questions whose frames moved).
 The result holds every `predictions` row (record id, video, question, answer, response, correct:
-True / False / None when unparseable, truncated: no EOS within `max_new_tokens`, cut_off: an answer
+True / False / None when unparseable, truncated: no stop token within `max_new_tokens`, cut_off: an answer
 opened but not closed when the token budget ran out, scored as unparseable through no fault of the
 model; the driver warns); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
 Batches are full and placed on the mesh like training batches (the last one padded with copies,
@@ -25,13 +25,13 @@ from tqdm import tqdm
 from rewatch_jax.data import pipeline, tfds_rewatch
 from rewatch_jax.data.batching import Bucket
 from rewatch_jax.evaluation.ablations import ABLATIONS, blank_videos, swap_videos
-from rewatch_jax.generate import greedy_generate
+from rewatch_jax.generate import generate
 from rewatch_jax.mesh import allgather_json, model_mesh
 from rewatch_jax.rewards.answers import answer_unclosed, is_correct
 
 
 def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucket], batch_size: int,
-             max_new_tokens: int, eos_id: int, pad_id: int, limit: int | None = None,
+             max_new_tokens: int, stop_ids: Sequence[int], pad_id: int, limit: int | None = None,
              ablation: str = "", seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
   """Accuracy of `model` on the prepared set `name` under `data_dir`. `batch_size`: the global
   batch (split over processes, whose batches go onto `mesh`, by default the one the model's
@@ -58,17 +58,17 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
       inputs, moved = swap_videos(inputs, [r["video"] for r in records])
       swapped += moved
     placed, _ = pipeline.to_global(dict(inputs=inputs), mesh)
-    tokens = gather(greedy_generate(model, placed["inputs"], max_new_tokens, eos_id))
-    tokens = np.asarray(multihost_utils.global_array_to_host_local_array(tokens, mesh, rows_spec))
-    for row, rec in zip(tokens, records):
-      ids = row.tolist()
-      cut = ids.index(eos_id) if eos_id in ids else len(row)
-      text = tokenizer.decode(ids[:cut], skip_special_tokens=False)
+    out = generate(model, placed["inputs"], max_new_tokens=max_new_tokens, stop_ids=stop_ids, mesh=mesh)  # greedy
+    tokens, lengths = jax.tree.map(np.asarray, multihost_utils.global_array_to_host_local_array(
+        gather((out.tokens, out.lengths)), mesh, rows_spec))
+    for row, length, rec in zip(tokens, lengths, records):
+      stopped = row[length - 1] in stop_ids
+      text = tokenizer.decode(row[:length - stopped].tolist(), skip_special_tokens=False)
       predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
                               question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
                               response=text,
                               correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
-                              truncated=cut == len(row), cut_off=cut == len(row) and answer_unclosed(text)))
+                              truncated=not stopped, cut_off=not stopped and answer_unclosed(text)))
     batches += 1
     progress.update()
     if limit and batches * batch_size >= limit:

@@ -1,6 +1,6 @@
-"""Generation with the KV cache (the evaluation's greedy decoding; the RL sampler and the server's
-engine will live here)."""
+"""Generation: the sampler (greedy or temperature / top-k / top-p, several samples a prompt from
+one prefill, early stop) that evaluation, RL rollouts and the server's engine use."""
 
-from rewatch_jax.generate.sampler import greedy_generate
+from rewatch_jax.generate.sampler import SAMPLER_RULES, Generation, for_sampling, generate, generate_hf_inputs
 
-__all__ = ["greedy_generate"]
+__all__ = ["SAMPLER_RULES", "Generation", "for_sampling", "generate", "generate_hf_inputs"]

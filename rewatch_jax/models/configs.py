@@ -100,6 +100,12 @@ class ModelConfig:
   # benchmarks/RESULTS.md); 1 (off) on CPU, where it would only add work.
   pad_mlp_to: int = 1
 
+  @property
+  def stop_token_ids(self) -> tuple[int, int]:
+    """Where generation stops: <|im_end|> (eos_token_id) and <|endoftext|> (bos_token_id in Qwen's
+    config), as the released models' generation_config.json lists them."""
+    return self.eos_token_id, self.bos_token_id
+
   def replace(self, **kw) -> ModelConfig:
     return dataclasses.replace(self, **kw)
 

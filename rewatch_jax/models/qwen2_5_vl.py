@@ -32,19 +32,21 @@ class Qwen25VL(nnx.Module):
     gathered = jnp.take_along_axis(vision, jnp.maximum(index, 0)[..., None], axis=1)
     return jnp.where((index >= 0)[..., None], gathered, x)
 
-  def __call__(self, inputs: ModelInputs, cache: KVCache | None = None,
-               return_hidden: bool = False):
-    """Logits (B, L, vocab) in fp32, or final hidden states; with a cache also the new cache."""
-    hidden, cache = self.text(self.input_embeddings(inputs), inputs.positions,
-                              inputs.attention_mask, cache)
-    out = hidden if return_hidden else self.text.logits(hidden)
-    return out if cache is None else (out, cache)
+  def __call__(self, inputs: ModelInputs, return_hidden: bool = False) -> jax.Array:
+    """Logits (B, L, vocab) in fp32, or the final hidden states."""
+    hidden, _ = self.text(self.input_embeddings(inputs), inputs.positions, inputs.attention_mask)
+    return hidden if return_hidden else self.text.logits(hidden)
 
-  def decode_step(self, tokens: jax.Array, positions: jax.Array, cache: KVCache):
-    """One-token step: tokens (B,), positions (B,) text ids (same on all 3 M-RoPE axes)."""
-    x = self.text.embed(tokens[:, None])
-    pos = jnp.broadcast_to(positions[None, :, None], (3, tokens.shape[0], 1))
-    hidden, cache = self.text(x, pos, jnp.ones((tokens.shape[0], 1), bool), cache)
+  def prefill(self, inputs: ModelInputs, samples: int, max_new_tokens: int) -> tuple[jax.Array, KVCache]:
+    """The prompts' final hidden states (B, L, D) and a cache holding their keys and values once,
+    for `samples` samples of up to `max_new_tokens` tokens each (the vision tower runs once a prompt)."""
+    hidden, (k, v) = self.text(self.input_embeddings(inputs), inputs.positions, inputs.attention_mask, keep_kv=True)
+    return hidden, KVCache.from_prefill(k, v, inputs.attention_mask, samples, max_new_tokens)
+
+  def decode_step(self, tokens: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """One token a sample row: tokens (R,), positions (R,) text ids (the same on all 3 M-RoPE
+    axes). Returns fp32 logits (R, vocab) and the cache with the token written."""
+    hidden, cache = self.text.decode(self.text.embed(tokens[:, None]), positions, cache)
     return self.text.logits(hidden[:, 0]), cache
 
 

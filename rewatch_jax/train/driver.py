@@ -63,7 +63,7 @@ def run(run: Run) -> dict:
 def _evaluate(run: Run, model, ablation: str = "") -> dict:
   e = run.config.eval
   result = evaluate(model, e.dir, e.set, chat.qwen_tokenizer(run.config.tokenizer), run.eval_buckets, e.batch_size,
-                    e.max_new_tokens, eos_id=run.model.eos_token_id, pad_id=run.config.data.pad_id,
+                    e.max_new_tokens, stop_ids=run.model.stop_token_ids, pad_id=run.config.data.pad_id,
                     limit=e.limit or None, ablation=ablation, seed=run.config.seed)
   if result["cut_off"]:
     log.warning("%d of %d answers were cut off by eval.max_new_tokens=%d (scored as unparseable); raise it",
