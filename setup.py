@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
     "tqdm>=4.66",
     "tensorboard==2.21.0",  # event files for metrics (no TensorFlow needed)
+    # the RL reward's scorers (rewards/accuracy.py): word error rate, ROUGE, number words
+    "jiwer==4.0.0",
+    "rouge-score==0.1.2",
+    "word2number==1.1",
 ]
 
 EXTRAS = {

@@ -23,6 +23,10 @@ QUESTION_TYPES = (
     "other",  # imported data whose type is not one of ReWatch's ten (e.g. Video-R1 free-form)
 )
 FORMS = ("mc", "open")
+# How an answer is scored (rewards/accuracy.py), as Video-R1 scores its RL data: by option letter,
+# by value, by relative error, by word error rate, by ROUGE, by the overlap of time spans; "open":
+# the normalised text (numbers by value), or an answer judge where one is configured.
+ANSWER_TYPES = ("multiple choice", "numerical", "regression", "OCR", "free-form", "time span", "open")
 LETTERS = "ABCDEFGH"
 
 
@@ -149,6 +153,8 @@ class QARecord:
   lineage: Lineage = Lineage()
   id: str = ""
   kind: str = "qa"
+  answer_type: str = ""  # a key of ANSWER_TYPES; "": "multiple choice" for mc, "open" otherwise
+
 
   def __post_init__(self):
     object.__setattr__(self, "video", safe_video_path(self.video))
@@ -167,6 +173,12 @@ class QARecord:
                           f"({len(self.options)} options)")
     elif self.options:
       raise RecordError(f"{where}: open questions have no options")
+    if not self.answer_type:
+      object.__setattr__(self, "answer_type", "multiple choice" if self.form == "mc" else "open")
+    if self.answer_type not in ANSWER_TYPES:
+      raise RecordError(f"{where}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}")
+    if (self.answer_type == "multiple choice") != (self.form == "mc"):
+      raise RecordError(f"{where}: answer_type {self.answer_type!r} does not go with form {self.form!r}")
     if not self.id:
       object.__setattr__(self, "id", _stable_id(self.kind, self.video, self.question, self.answer,
                                                 list(self.options), getattr(self, "reasoning", "")))
@@ -307,10 +319,11 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 def import_video_r1(path: str) -> list[QARecord]:
   """Video-R1-style records: problem, problem_type, options, solution `<answer>X</answer>`, path.
-  Its problem types map to ReWatch's where they coincide (OCR -> reading, numerical/regression
-  -> numerical); the rest (multiple choice, free-form) become 'other'. Image records (Video-R1-260k
-  mixes them in: `data_type` "image", or an image file) are left out, with a warning: this
-  pipeline trains on videos."""
+  Its problem types map to ReWatch's question types where they coincide (OCR -> reading,
+  numerical/regression -> numerical; the rest, multiple choice and free-form, become 'other') and
+  are kept whole as the record's answer_type, which decides how the RL reward scores the answer.
+  Image records (Video-R1-260k mixes them in: `data_type` "image", or an image file) are left out,
+  with a warning: this pipeline trains on videos."""
   with open(path) as f:
     items = json.load(f)
   out, images = [], 0
@@ -320,10 +333,12 @@ def import_video_r1(path: str) -> list[QARecord]:
       images += 1
       continue
     try:
-      qtype = _normalise_type(item.get("problem_type", ""))
+      problem = str(item.get("problem_type", "")).strip()
+      qtype = _normalise_type(problem)
       fields = _qa_fields(item, qtype if qtype in ("reading", "numerical") else "other")
+      answer_type = {t.lower(): t for t in ANSWER_TYPES}.get(problem.lower(), "")  # scored as Video-R1 scores it
       out.append(QARecord(video=item["path"], lineage=Lineage(source=str(item.get("data_source", "Video-R1"))),
-                          **fields))
+                          answer_type=answer_type, **fields))
     except (KeyError, TypeError) as e:
       raise RecordError(f"{path}[{i}]: missing or malformed field {e}") from None
     except RecordError as e:

@@ -2,10 +2,12 @@
 and the shared answer parser. Unparseable answers count as wrong and are reported separately;
 `ablation=` swaps or blanks the videos (ablations.py: what the model takes from the video; with
 "swap", `swapped` reports the fraction of questions whose frames moved).
-The result holds every `predictions` row (record id, video, question, answer, response, correct:
-True / False / None when unparseable, truncated: no stop token within `max_new_tokens`, cut_off: an answer
-opened but not closed when the token budget ran out, scored as unparseable through no fault of the
-model; the driver warns); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
+Answers are scored by the record's answer type (rewards/accuracy.py); accuracy is the mean score,
+which for multiple choice and open answers is the fraction right.
+The result holds every `predictions` row (record id, video, question, answer, response, score,
+correct: the score is 1 / it is not / None when unparseable, truncated: no stop token within
+`max_new_tokens`, cut_off: an answer opened but not closed when the token budget ran out, scored as
+unparseable through no fault of the model; the driver warns); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
 Batches are full and placed on the mesh like training batches (the last one padded with copies,
 which are not scored), so each bucket compiles once and several hosts evaluate one set together:
 each generates for its own rows, and the rows are gathered to every process at the end.
@@ -23,11 +25,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rewatch_jax.data import pipeline, tfds_rewatch
+from rewatch_jax.data import records as records_lib
 from rewatch_jax.data.batching import Bucket
 from rewatch_jax.evaluation.ablations import ABLATIONS, blank_videos, swap_videos
 from rewatch_jax.generate import generate
 from rewatch_jax.mesh import allgather_json, model_mesh
-from rewatch_jax.rewards.answers import answer_unclosed, is_correct
+from rewatch_jax.rewards.accuracy import score_answer
+from rewatch_jax.rewards.answers import answer_unclosed
 
 
 def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucket], batch_size: int,
@@ -64,10 +68,10 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
     for row, length, rec in zip(tokens, lengths, records):
       stopped = row[length - 1] in stop_ids
       text = tokenizer.decode(row[:length - stopped].tolist(), skip_special_tokens=False)
+      parsed, score = score_answer(text, records_lib.from_json(rec))
       predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
                               question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
-                              response=text,
-                              correct=is_correct(text, rec["answer"], rec["form"], tuple(rec["options"])),
+                              response=text, score=score, correct=None if parsed is None else score == 1.0,
                               truncated=not stopped, cut_off=not stopped and answer_unclosed(text)))
     batches += 1
     progress.update()
@@ -78,7 +82,7 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
     predictions = [p for part in allgather_json(predictions) for p in part]
     swapped = sum(allgather_json(swapped))
   n = max(len(predictions), 1)
-  out = dict(accuracy=sum(p["correct"] is True for p in predictions) / n,
+  out = dict(accuracy=sum(p["score"] for p in predictions) / n,
              parsed_rate=sum(p["correct"] is not None for p in predictions) / n, n=len(predictions),
              **tfds_rewatch.identity(data_dir, [name]),
              truncated=sum(p["truncated"] for p in predictions) / n, cut_off=sum(p["cut_off"] for p in predictions),
@@ -98,5 +102,5 @@ def check_batch(batch_size: int, mesh: jax.sharding.Mesh) -> None:
 def _rate(predictions: list[dict], key: str) -> dict[str, float]:
   groups = collections.defaultdict(list)
   for p in predictions:
-    groups[p[key]].append(p["correct"] is True)
+    groups[p[key]].append(p["score"])
   return {k: sum(v) / len(v) for k, v in sorted(groups.items())}

@@ -1,11 +1,14 @@
-"""The one strict answer parser, used by rewards and evaluation alike.
+"""The one strict answer parser, used by the RL rewards and by evaluation alike.
 
 * The answer is the content of the LAST `<answer>...</answer>` block; no block or an empty block
-  is unparseable (never guessed, never a random option).
-* MC answers normalise to a letter: "B", "(B)", "B.", "B) text", "B: text", "Option B", or the
-  exact text of one option. A lowercase "a" is the article, not option A.
-* Open answers compare after light normalisation (case, surrounding punctuation, articles);
-  anything fuzzier is a judge's job (rewards/judges, a later module).
+  is no answer (never guessed, never a random option).
+* With options (multiple choice) the answer is an option letter: "B", "(B)", "B.", "B) text",
+  "B: text", "B. text", "Option B", "The answer is B", or the text of one option (options given
+  with or without their "A. " prefixes). A lowercase "a" is the article, not option A; a letter
+  that is not an option is no answer.
+* Without options the answer is its text with whitespace collapsed and the surrounding quotes and
+  final full stop removed; case is kept (OCR is scored case-sensitively, like Video-R1). How it is
+  compared with the truth is the scorer's business (accuracy.py).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import string
 from rewatch_jax.data.records import LETTERS
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-_LETTER = re.compile(r"^\(?(?:option\s+)?([A-H])(?:[.):]|\s|$)", re.I)
+# "B", "(B)", "B.", "B) text", "B: text", optionally after "option", "answer is", "answer:"
+_LETTER = re.compile(r"^(?:(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*:?\s*)?"
+                     r"(\()?([A-Ha-h])(?(1)\)|(?=[.):]|\s|$))[.):]?(?:\s+(.*))?$", re.I | re.S)
+_PREFIX = re.compile(r"^\(?[A-H][.):]\s*")
 
 
 def extract_answer(text: str) -> str | None:
+  """The stripped content of the last `<answer>` block, or None (no block, or an empty one)."""
   found = _ANSWER.findall(text or "")
   if not found:
     return None
@@ -33,32 +40,38 @@ def answer_unclosed(text: str) -> bool:
   return text.rfind("<answer>") > text.rfind("</answer>")
 
 
-def choice_letter(answer: str, options: tuple[str, ...] | list[str]) -> str | None:
-  """The option letter an MC answer names, or None."""
-  letters = LETTERS[:len(options)]
+def parse_answer(response: str, options=None) -> str | None:
+  """The answer a response gives (see the module docstring): an option letter when `options` are
+  given, else the answer's text; None when it gives no usable answer."""
+  answer = extract_answer(response)
+  if answer is None:
+    return None
+  if not options:
+    text = re.sub(r"\s+", " ", answer).strip().removesuffix(".").strip().strip("\"'`").strip()
+    return text or None
+  return choice_letter(answer, options)
+
+
+def choice_letter(answer: str, options) -> str | None:
+  """The option letter an MC answer names (options with or without "A. " prefixes), or None."""
+  texts = [_PREFIX.sub("", str(o)).strip() for o in options]
+  letters = LETTERS[:len(texts)]
   text = answer.strip()
+  norm = normalise(text)  # an option's own text first: "A cat" is the option "cat", whatever its letter
+  matches = [letter for letter, option in zip(letters, texts) if norm == normalise(option)]
+  if len(matches) == 1:
+    return matches[0]
   m = _LETTER.match(text)
-  if m and (m.group(1).isupper() or text.lower().startswith(("option", "("))) and m.group(1).upper() in letters:
-    return m.group(1).upper()
-  norm = normalise(text)
-  for letter, option in zip(letters, options):
-    if norm == normalise(option):
-      return letter
+  if m:
+    letter, said = m.group(2), text.lower()
+    framed = m.group(1) or said.startswith(("option", "the", "answer", "correct", "choice"))
+    if letter.isupper() or framed:  # a bare lowercase "a" is the article
+      return letter.upper() if letter.upper() in letters else None
   return None
 
 
 def normalise(text: str) -> str:
+  """Lowercase, surrounding punctuation and a leading article removed, whitespace collapsed."""
   text = text.strip().lower().strip(string.punctuation + " ")
   text = re.sub(r"^(the|a|an)\s+", "", text)
   return re.sub(r"\s+", " ", text)
-
-
-def is_correct(response: str, answer: str, form: str, options=()) -> bool | None:
-  """True/False for a parseable response, None when no answer can be parsed."""
-  pred = extract_answer(response)
-  if pred is None:
-    return None
-  if form == "mc":
-    letter = choice_letter(pred, options)
-    return None if letter is None else letter == answer
-  return normalise(pred) == normalise(answer)
