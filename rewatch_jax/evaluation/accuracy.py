@@ -7,7 +7,8 @@ which for multiple choice and open answers is the fraction right.
 The result holds every `predictions` row (record id, video, question, answer, response, score,
 correct: the score is 1 / it is not / None when unparseable, truncated: no stop token within
 `max_new_tokens`, cut_off: an answer opened but not closed when the token budget ran out, scored as
-unparseable through no fault of the model; the driver warns); the trainer's driver writes them to `<workdir>/eval_<stage>.jsonl`.
+unparseable through no fault of the model; the driver warns); the trainer's driver writes them to
+`<workdir>/eval_<stage>.jsonl`.
 Batches are full and placed on the mesh like training batches (the last one padded with copies,
 which are not scored), so each bucket compiles once and several hosts evaluate one set together:
 each generates for its own rows, and the rows are gathered to every process at the end.
