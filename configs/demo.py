@@ -66,6 +66,10 @@ def get_config(arg: str | None = None):
   # the green circle") take 13 new tokens with the toy tokenizer; 10 cut every causal answer off.
   c.eval.update(dict(enabled=True, before=True, ablation="swap", batch_size=32, max_new_tokens=16,
                      buckets=[dict(length=192, patches=256, frame_block=64, loss_tokens=1)]))
+  # RL prompts (thinking mode, <= ~260 tokens with the toy tokenizer), when an RL stage is set, and
+  # the O&R judges that check observations against the toy world itself (demo/judges.py)
+  c.rl.buckets = [dict(length=320, patches=256, frame_block=64, loss_tokens=1)]
+  c.rl.reward.judge = "rewatch_jax.demo.judges:ToyJudge"
   if arg == "sft":
     c.eval.enabled, c.pretrain.steps = False, 0
   elif arg:

@@ -168,6 +168,46 @@ def test_recipe_train_step_and_generation_trace_at_every_bucket(recipe_name):
   assert out.tokens.shape == out.logprobs.shape == (2, 64)
 
 
+def test_grpo_recipe_update_traces_at_the_real_size():
+  """The 7B RL recipe's update (two prompts of its largest bucket, 8 samples each, its response
+  length, the reference's KL) traced abstractly: the state keeps its shapes and dtypes."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from configs import grpo_qwen2_5_vl_7b as recipe
+  from rewatch_jax.data.batching import Bucket
+  from rewatch_jax.models import Qwen25VL
+  from rewatch_jax.models.inputs import ModelInputs
+  from rewatch_jax.train import grpo
+  from rewatch_jax.train.state import TrainState, make_optimizer
+  c = recipe.get_config()
+  assert (c.total_steps, c.rl.epochs, c.rl.samples, c.rl.temperature, c.rl.top_p) == (0, 1.0, 8, 0.8, 0.9)
+  rl = c.rl
+  rl.prompts_per_step = 2  # (a shard's share: the trace is per global batch)
+  cfg = ModelConfig.from_dict(c.model.to_dict())
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0))))
+  tx, _ = make_optimizer(c.optimizer, 10, params)
+  spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype)
+  state = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params), step=spec(),
+                     rng=spec(2, dtype=jnp.uint32), bad_streak=spec(), max_bad_streak=spec())
+  b = max((Bucket(**dict(b)) for b in rl.buckets), key=lambda b: b.patches)
+  n, rows, new = 2, 2 * rl.samples, rl.max_new_tokens
+  prompts = ModelInputs(input_ids=spec(n, b.length), attention_mask=spec(n, b.length), positions=spec(3, n, b.length),
+                        pixel_values=spec(n, b.patches, cfg.vision.patch_dim, dtype=jnp.uint8),
+                        vision_rotary_ids=spec(n, b.patches, 2), window_segment=spec(n, b.patches),
+                        frame_segment=spec(n, b.patches), vision_token_index=spec(n, b.length),
+                        frame_block=b.frame_block)
+  f32 = jnp.float32
+  batch = dict(prompts=prompts, responses=spec(rows, new), lengths=spec(rows), sampler_logprobs=spec(rows, new, dtype=f32),
+               ref_logprobs=spec(rows, new, dtype=f32), advantages=spec(rows, dtype=f32), weights=spec(rows, dtype=f32))
+  new_state, metrics = jax.eval_shape(grpo.make_update(graphdef, tx, rl), state, batch)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
+  assert metrics["loss"].dtype == jnp.float32
+  logprobs = jax.eval_shape(grpo.make_logprobs(graphdef, rl), params, batch)
+  assert logprobs.shape == (rows, new)
+
+
 # Parameter counts of the released checkpoints (Qwen/Qwen2.5-VL-{3B,7B}-Instruct model cards).
 PUBLISHED_PARAMS = {"3b": 3_754_622_976, "7b": 8_292_166_656}
 

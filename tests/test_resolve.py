@@ -22,7 +22,8 @@ from tests.conftest import resolved, small_sft_config
 # is read: a typo in a number fails in a second, not after the toy world is generated
 STATIC = [
     ("checkpoint_every_steps", 0, "checkpoint_every_steps must be >= 1"),
-    ("total_steps", 0, "total_steps must be >= 1 (or set epochs)"),
+    ("total_steps", 0, "nothing to train: set total_steps or epochs (SFT), or rl.steps"),
+    ("total_steps", -1, "total_steps must be >= 0"),
     ("epochs", -1.0, "epochs must be >= 0"),
     ("pretrain.steps", -5, "pretrain.steps must be >= 0"),
     ("pretrain.warmup_steps", -1, "pretrain.warmup_steps must be >= 0"),

@@ -211,11 +211,12 @@ def sft_dataset(pc: PipelineConfig, cfg: ModelConfig, start: int = 0) -> grain.I
   return _iterate(ds[start:], pc)
 
 
-def rl_dataset(pc: PipelineConfig, cfg: ModelConfig) -> grain.IterDataset:
-  """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions."""
-  tasks = {0: _task(pc, cfg, "rl")}
+def rl_dataset(pc: PipelineConfig, cfg: ModelConfig, name: str = "rl", start: int = 0) -> grain.IterDataset:
+  """Infinite, shuffled prompts (generation prompt, thinking mode) with answers and captions, from
+  global batch `start` on (as sft_dataset)."""
+  tasks = {0: _task(pc, cfg, name)}
   order = _order(len(tasks[0].source), 0, pc.seed, repeat=True)
-  return _iterate(GlobalBatches(order, tasks, Collate(cfg, pc.buckets, pc.pad_id), pc.batch_size), pc)
+  return _iterate(GlobalBatches(order, tasks, Collate(cfg, pc.buckets, pc.pad_id), pc.batch_size)[start:], pc)
 
 
 def eval_dataset(pc: PipelineConfig, cfg: ModelConfig, name: str = "rl",

@@ -88,6 +88,41 @@ def base(size: str) -> ml_collections.ConfigDict:
       max_new_tokens=32,
       ablation="",  # after SFT also evaluate with "swap"ped or "blank" frames (evaluation/ablations.py)
       limit=0, buckets=video_buckets(loss_tokens=1)))
+  # GRPO (train/grpo.py), after the SFT stage, or alone (total_steps = epochs = 0: no SFT stage; an
+  # RL recipe starts from an SFT checkpoint, init_from_checkpoint). Where the paper gives a value it
+  # is used; the rest are documented choices (docs/training.md, "GRPO").
+  c.rl = ml_collections.ConfigDict(dict(
+      steps=0, epochs=0.0,  # 0 and 0: no RL stage; epochs > 0: steps = epochs * prompts / prompts_per_step
+      set="rl",  # the prepared prompt set (launch/prepare.py --config rl), under data.dir
+      # The paper's 14 prompts a step; 16 here, so that prompts split evenly over 8 or 16 chips (each
+      # device of the batch axes takes whole prompts, and their samples).
+      prompts_per_step=16, samples=8, temperature=0.8, top_p=0.9, top_k=0,
+      max_new_tokens=1024,  # unpublished: a ReWatch CoT runs ~300-900 tokens
+      learning_rate=1e-5, warmup_steps=0, schedule="constant",
+      # KL to the frozen starting weights: coefficient and estimator (k1: log ratio, k2: half its
+      # square, k3: Schulman's unbiased low-variance form); 0 skips the reference model entirely.
+      beta=0.01, kl="k3",
+      clip_low=0.2, clip_high=0.28,  # the ratio's clip range [1 - low, 1 + high] (DAPO's asymmetric one)
+      loss_agg="token-mean",  # or "seq-mean-token-mean" (GRPO's paper), "seq-mean-token-sum" (Dr. GRPO)
+      std_normalize=True,  # advantages (r - mean) / (std + eps); False: r - mean (Dr. GRPO)
+      eps=1e-6,
+      mini_batches=1,  # optimizer updates a step, each over whole prompt groups
+      updates=1,  # passes over a step's rollouts (PPO epochs)
+      drop_zero_variance=False,  # groups whose rewards all agree leave the loss (DAPO's dynamic sampling)
+      mask_truncated=False,  # responses cut by max_new_tokens leave the loss (DAPO's overlong filter)
+      tis_cap=0.0,  # > 0: truncated importance weights min(exp(trainer - sampler logprob), cap) per token
+      log_rollouts=2,  # prompts a step whose samples go to <workdir>/rl/rollouts.jsonl
+      buckets=video_buckets(loss_tokens=1),  # prompt buckets (prompt tokens, patch slots, frame block)
+      reward=ml_collections.ConfigDict(dict(
+          kind="o_and_r",  # or "acc_fmt", the paper's baseline (rewards/o_and_r.py)
+          observation=True, reasoning=True,  # the O&R terms, each switchable (ablations)
+          min_steps=1,  # re-watch steps a well-formed response has at least
+          judge_all=False,  # judge observations where they do not count too (curves for both arms)
+          # "caption": offline, from the caption text (rewards/judges.py); or "module:attribute" of a
+          # rewards.judges.Judge subclass, built with the resolved config
+          judge="caption",
+          tolerance=0.0)),  # seconds an observation's span is widened by (0: one frame interval)
+  ))
   # "module:attribute" of a rewatch_jax.train.resolve.Hooks subclass that adds to the run (the demo's
   # toy world: "rewatch_jax.demo.hooks:Demo"); "": none.
   c.hooks = ""
@@ -125,6 +160,21 @@ def sft_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
     c.mesh.fsdp, c.mesh.data = 1, -1
   elif arg:
     raise ValueError(f"unknown variant {arg!r} (use :tiny or nothing)")
+  return c
+
+
+def rl_recipe(size: str, arg: str | None) -> ml_collections.ConfigDict:
+  """ReWatch-R1's RL of a published Qwen2.5-VL size from its SFT checkpoint
+  (--config.init_from_checkpoint): GRPO over the RL prompt mix for one epoch with the O&R reward.
+  `arg == "tiny"`: the tiny model and a CPU-sized run of the same recipe."""
+  c = sft_recipe(size, arg)
+  c.total_steps, c.epochs = 0, 0.0  # no SFT stage
+  c.rl.epochs = 1.0
+  c.checkpoint_every_steps, c.log_every_steps = 50, 1
+  if arg == "tiny":
+    c.rl.update(dict(epochs=0.0, steps=4, prompts_per_step=8, samples=4, max_new_tokens=64,
+                     buckets=[dict(length=1024, patches=1024, frame_block=64, loss_tokens=1)]))
+    c.checkpoint_every_steps = 2
   return c
 
 

@@ -1,5 +1,5 @@
 """What `launch/train.py` runs for a resolved run: evaluation before training (if asked), each
-training stage (an optional pretraining stage, then the SFT), an evaluation after each, the video
+training stage (an optional pretraining stage, the SFT, then RL, each optional), an evaluation after each, the video
 ablation, and the results (results.json, every answer in eval_<stage>.jsonl, a table). The recipe's
 hooks (Run.hooks) add to the results; the demo's add its guessers and a perception column.
 """
@@ -14,7 +14,7 @@ from etils import epath
 
 from rewatch_jax.data import chat
 from rewatch_jax.evaluation import evaluate, report
-from rewatch_jax.train import sft
+from rewatch_jax.train import grpo, sft
 from rewatch_jax.train import state as train_state
 from rewatch_jax.train.resolve import Run
 
@@ -38,7 +38,8 @@ def run(run: Run) -> dict:
     model = train_state.build_model(c, run.model, run.mesh)
     results["before"] = _evaluate(run, model)
   for stage in run.stages:
-    model, trained = sft.train(run, stage, model=model)
+    trainer = grpo if stage.trainer == "grpo" else sft
+    model, trained = trainer.train(run, stage, model=model)
     results[stage.name] = {"steps": trained.step, "final_loss": trained.final_loss}
     if trained.step < stage.total_steps:
       return results

@@ -29,6 +29,7 @@ from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.evaluation import ABLATIONS
 from rewatch_jax.mesh import make_mesh
 from rewatch_jax.models.configs import RUNTIME_FIELDS, ModelConfig
+from rewatch_jax.rewards import o_and_r
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # config weights follows them, by name.
 REWATCH_TASKS = ("caption", "qa", "cot")
 SCHEDULES = ("cosine", "constant")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")  # train/grpo.py
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 class ConfigError(ValueError):
@@ -73,14 +76,15 @@ class Hooks:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One run of the SFT trainer: the pretraining stage or the SFT itself."""
-  name: str  # "pretrain" | "sft"
+  """One run of a trainer: the pretraining stage or the SFT (train/sft.py), or RL (train/grpo.py)."""
+  name: str  # "pretrain" | "sft" | "rl"
   workdir: str  # its checkpoints, metrics and profile go here
   total_steps: int
-  batch_size: int  # global
+  batch_size: int  # global: examples a step (RL: prompts a step)
   tasks: tuple[str, ...]  # the prepared sets it trains on (weight > 0), in mixing order
   weights: tuple[float, ...]
-  optimizer: ml_collections.ConfigDict  # with this stage's warm-up
+  optimizer: ml_collections.ConfigDict  # with this stage's learning rate and warm-up
+  trainer: str = "sft"  # "sft" | "grpo"
 
   @property
   def task_weights(self) -> dict[str, float]:
@@ -97,6 +101,7 @@ class Run:
   tokenizer_hash: str
   buckets: tuple[Bucket, ...]
   eval_buckets: tuple[Bucket, ...]
+  rl_buckets: tuple[Bucket, ...]  # the RL prompts'
   stages: tuple[Stage, ...]  # the training stages, in order
   hooks: Hooks
 
@@ -115,7 +120,10 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
   mesh = _mesh(c, devices)
   _check_batch(c, mesh)
   video_spec = _video_spec(c)
-  buckets, eval_buckets = _buckets(c, "data.buckets"), _buckets(c, "eval.buckets")
+  buckets, eval_buckets, rl_buckets = (_buckets(c, k) for k in ("data.buckets", "eval.buckets", "rl.buckets"))
+  rl = bool(c.rl.steps or c.rl.epochs)
+  if rl:
+    _check_rl(c, mesh)
   if c.init_from_hf and c.init_from_checkpoint:
     raise ConfigError("init_from_hf and init_from_checkpoint are both set: give one (or neither, for random weights)")
   c.model = _model(c).to_dict()  # the architecture that will be built or loaded
@@ -125,7 +133,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
     _set(c, key, value)
 
   # the data, the tokenizer and the checkpoints, against the config
-  stage_weights = [("sft", c.data.weights, "data.weights")]
+  stage_weights = [("sft", c.data.weights, "data.weights")] if c.total_steps or c.epochs else []
   if c.pretrain.steps:
     stage_weights.insert(0, ("pretrain", c.pretrain.weights, "pretrain.weights"))
   tasks = {stage: _tasks(weights, key) for stage, weights, key in stage_weights}
@@ -135,6 +143,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
   trained = sorted({t for names in tasks.values() for t in names})
   for name in trained:
     _need_set(c.data.dir, name, f"data.weights.{name}")
+  if rl:
+    _need_prompts(c.data.dir, c.rl.set, "rl.set")
+    trained = sorted({*trained, c.rl.set})
   if c.eval.enabled:
     _need_set(c.eval.dir, c.eval.set, "eval.set")
   identity = _identity(c.data.dir, trained, "data.dir")
@@ -155,7 +166,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
                 c.tokenizer)
   if c.eval.enabled:
     _check_eval_data(c, video_spec, tokenizer_hash, model, eval_buckets)
-  if c.epochs:
+  if c.epochs and "sft" in tasks:
     examples = sum(len(pipeline.source(c.data.dir, t)) for t in tasks["sft"])
     c.total_steps = max(1, int(c.epochs * examples / c.data.batch_size))
     log.info("%s epochs of %d examples = %d steps", c.epochs, examples, c.total_steps)
@@ -163,6 +174,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
   c.pretrain.warmup_steps = c.pretrain.warmup_steps or c.optimizer.warmup_steps
   c.compilation_cache_dir = _compilation_cache_dir(c.compilation_cache_dir, workdir, jax.default_backend())
   stages = tuple(_stage(c, workdir, name, tasks[name]) for name, _, _ in stage_weights)
+  if rl:
+    if c.rl.epochs:
+      prompts = len(pipeline.source(c.data.dir, c.rl.set))
+      c.rl.steps = max(1, int(c.rl.epochs * prompts / c.rl.prompts_per_step))
+      log.info("RL: %s epochs of %d prompts = %d steps", c.rl.epochs, prompts, c.rl.steps)
+    # the span tolerance of the offline judge: one interval between the frames the model sees
+    c.rl.reward.tolerance = c.rl.reward.tolerance or 1.0 / video_spec.fps
+    stages += (_rl_stage(c, workdir),)
+    unfit = unfit_summary(c.data.dir, c.rl.set, model, rl_buckets, fate="would stop the RL stage")
+    if unfit:
+      raise ConfigError(f"rl.buckets: {unfit}: add a larger bucket to rl.buckets")
   for stage in stages:
     _check_checkpoints(f"{stage.workdir}/checkpoints", f"the checkpoints under {stage.workdir}", tokenizer_hash,
                        model, "use a new --workdir")
@@ -176,7 +198,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
   c.lock()
   return Run(config=c, workdir=workdir, mesh=mesh, model=model,
              video_spec=video_spec, tokenizer_hash=tokenizer_hash, buckets=buckets, eval_buckets=eval_buckets,
-             stages=stages, hooks=hooks)
+             rl_buckets=rl_buckets, stages=stages, hooks=hooks)
 
 
 # ---- the config's own values ----
@@ -191,8 +213,10 @@ def _check_numbers(c) -> None:
       raise ConfigError(f"{key} must be >= {low}, got {_get(c, key)}")
   if c.epochs < 0:
     raise ConfigError(f"epochs must be >= 0 (0: total_steps decides), got {c.epochs}")
-  if not c.epochs and c.total_steps < 1:
-    raise ConfigError(f"total_steps must be >= 1 (or set epochs), got {c.total_steps}")
+  if c.total_steps < 0:
+    raise ConfigError(f"total_steps must be >= 0 (0 with epochs 0: no SFT stage), got {c.total_steps}")
+  if not (c.total_steps or c.epochs or c.rl.steps or c.rl.epochs):
+    raise ConfigError("nothing to train: set total_steps or epochs (SFT), or rl.steps or rl.epochs (RL)")
   oc = c.optimizer
   if oc.schedule not in SCHEDULES:
     raise ConfigError(f"optimizer.schedule must be one of {SCHEDULES}, got {oc.schedule!r}")
@@ -313,6 +337,49 @@ def _stage(c, workdir: str, name: str, tasks: tuple[str, ...]) -> Stage:
                ml_collections.ConfigDict(c.optimizer.to_dict()).lock())
 
 
+def _rl_stage(c, workdir: str) -> Stage:
+  optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
+  optimizer.update(learning_rate=c.rl.learning_rate, warmup_steps=c.rl.warmup_steps, schedule=c.rl.schedule)
+  return Stage("rl", f"{workdir}/rl", c.rl.steps, c.rl.prompts_per_step, (c.rl.set,), (1.0,), optimizer.lock(),
+               trainer="grpo")
+
+
+def _check_rl(c, mesh) -> None:
+  r = c.rl
+  at_least = {"rl.steps": 0, "rl.prompts_per_step": 1, "rl.samples": 2, "rl.top_k": 0, "rl.max_new_tokens": 1,
+              "rl.warmup_steps": 0, "rl.mini_batches": 1, "rl.updates": 1, "rl.log_rollouts": 0,
+              "rl.reward.min_steps": 0}
+  for key, low in at_least.items():
+    if _get(c, key) < low:
+      raise ConfigError(f"{key} must be >= {low}, got {_get(c, key)}" +
+                        (" (a group of one has no advantage)" if key == "rl.samples" else ""))
+  positive = {"rl.temperature": "sampling from the policy (0 would be greedy: every sample of a group alike)",
+              "rl.learning_rate": "", "rl.eps": ""}
+  for key, why in positive.items():
+    if not _get(c, key) > 0:
+      raise ConfigError(f"{key} must be > 0, got {_get(c, key)}" + (f": {why}" if why else ""))
+  for key in ("rl.epochs", "rl.beta", "rl.clip_high", "rl.tis_cap", "rl.reward.tolerance"):
+    if _get(c, key) < 0:
+      raise ConfigError(f"{key} must be >= 0, got {_get(c, key)}")
+  if not 0 < r.top_p <= 1:
+    raise ConfigError(f"rl.top_p must be in (0, 1], got {r.top_p}")
+  if not 0 <= r.clip_low < 1:
+    raise ConfigError(f"rl.clip_low must be in [0, 1), got {r.clip_low}")
+  choices = {"rl.schedule": SCHEDULES, "rl.kl": KL_ESTIMATORS, "rl.loss_agg": LOSS_AGGREGATIONS,
+             "rl.reward.kind": o_and_r.KINDS}
+  for key, allowed in choices.items():
+    if _get(c, key) not in allowed:
+      raise ConfigError(f"{key} must be one of {allowed}, got {_get(c, key)!r}")
+  if r.reward.judge != "caption" and ":" not in r.reward.judge:
+    raise ConfigError(f"rl.reward.judge must be \"caption\" or \"module:attribute\" of a rewards.judges.Judge, "
+                      f"got {r.reward.judge!r}")
+  rows, processes = pipeline.batch_rows(mesh), jax.process_count()
+  if r.prompts_per_step % (processes * r.mini_batches) or (r.prompts_per_step // r.mini_batches) % rows:
+    raise ConfigError(f"rl.prompts_per_step {r.prompts_per_step} must split into rl.mini_batches ({r.mini_batches}) "
+                      f"of whole prompts, each a multiple of the mesh's batch axes (data x fsdp = {rows} devices) and "
+                      f"of the processes ({processes}): use a multiple of {r.mini_batches * max(rows, processes)}")
+
+
 def _compilation_cache_dir(path: str, workdir: str, backend: str) -> str:
   """Where JAX's persistent compilation cache goes (relative paths under the workdir), or "": turned
   off, or on the CPU backend, whose executables use the host's instruction set: JAX's cache key
@@ -331,6 +398,18 @@ def _need_set(data_dir: str, name: str, key: str) -> None:
     tfds_rewatch.data_sources(data_dir, name)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(f"{key}: {e}") from None
+
+
+def _need_prompts(data_dir: str, name: str, key: str) -> None:
+  """The RL stage's prompts: a set prepared as kind rl (thinking prompt, ground truth, caption)."""
+  _need_set(data_dir, name, key)
+  sources, _ = tfds_rewatch.data_sources(data_dir, name)
+  if not any(len(s) for s in sources):
+    raise ConfigError(f"{key}: '{name}' under {data_dir} holds no examples")
+  example = next(s[0] for s in sources if len(s))
+  if "caption" not in example:
+    raise ConfigError(f"{key}: '{name}' under {data_dir} is not a prompt set for RL (it holds answers to train "
+                      "on): prepare the RL prompts with launch/prepare.py --config rl")
 
 
 def _identity(data_dir: str, names, key: str) -> dict:

@@ -8,7 +8,6 @@ model, train state, data, restore, loop (train/state.py, train/loop.py).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ from flax import nnx
 
 from rewatch_jax.checkpoint import TrainCheckpointer
 from rewatch_jax.data import pipeline
-from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
+from rewatch_jax.models import ModelConfig, Qwen25VL
 from rewatch_jax.models.sharding import axis_rules
 from rewatch_jax.train import loop, metrics
 from rewatch_jax.train import state as train_state
@@ -45,22 +44,6 @@ def loss_sums(model: Qwen25VL, batch: dict[str, Any], num_tasks: int):
 
 # ---- step ----
 
-def _micro_batches(batch: dict[str, Any], accum: int) -> dict[str, Any]:
-  """(B, ...) -> (accum, B / accum, ...), taking rows with stride `accum` so every device keeps
-  its own rows (the batch dimension is sharded in contiguous blocks)."""
-  def split(x, axis=0):
-    x = jnp.moveaxis(x, axis, 0)
-    x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-    return jnp.moveaxis(x, 1, axis + 1)
-  inputs: ModelInputs = batch["inputs"]
-  fields = {f.name: split(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)
-            if f.name not in ("positions", "frame_block")}
-  fields["positions"] = split(inputs.positions, axis=1)
-  out = {k: split(v) for k, v in batch.items() if k != "inputs"}
-  out["inputs"] = inputs.replace(**fields)
-  return out
-
-
 def make_train_step(graphdef, tx, accum: int, num_tasks: int):
   def step(state: TrainState, batch):
     def loss_and_grad(mb):
@@ -80,7 +63,7 @@ def make_train_step(graphdef, tx, accum: int, num_tasks: int):
     else:
       zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
       init = (zeros, (jnp.zeros(()), jnp.zeros(()), jnp.zeros(num_tasks), jnp.zeros(num_tasks)))
-      (grads, (s, n, ts, tn)), _ = jax.lax.scan(micro, init, _micro_batches(batch, accum))
+      (grads, (s, n, ts, tn)), _ = jax.lax.scan(micro, init, train_state.split_rows(batch, accum))
     denom = jnp.maximum(n, 1.0)
     new_state, update = state.apply_gradients(jax.tree.map(lambda g: g / denom, grads), tx, jnp.isfinite(s))
     return new_state, dict(loss=s / denom, tokens=n, input_tokens=jnp.sum(batch["inputs"].attention_mask),

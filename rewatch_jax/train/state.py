@@ -20,7 +20,7 @@ import optax
 from flax import nnx, struct
 
 from rewatch_jax import checkpoint, hf
-from rewatch_jax.models import ModelConfig, Qwen25VL
+from rewatch_jax.models import ModelConfig, ModelInputs, Qwen25VL
 from rewatch_jax.models.configs import RUNTIME_FIELDS
 from rewatch_jax.models.sharding import param_shardings
 
@@ -189,3 +189,20 @@ def warn_if_updates_round_away(params, learning_rate: float) -> None:
                 "spacing: AdamW's updates round away). Keep float32 master weights, "
                 "--config.model.param_dtype=float32; the model still computes in model.dtype",
                 100 * frozen, _low_precision(params)[0].dtype, learning_rate)
+
+
+def split_rows(batch: dict[str, Any], parts: int) -> dict[str, Any]:
+  """Every array of `batch` (and of its ModelInputs, whose positions split on their dimension 1),
+  (B, ...) -> (parts, B / parts, ...), taking rows with stride `parts` so that every device keeps
+  its own rows (the batch dimension is sharded in contiguous blocks): gradient accumulation's
+  micro-batches, GRPO's mini-batches."""
+  def split(x, axis=0):
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape(x.shape[0] // parts, parts, *x.shape[1:]).swapaxes(0, 1)
+    return jnp.moveaxis(x, 1, axis + 1)
+
+  def split_inputs(inputs: ModelInputs) -> ModelInputs:
+    fields = {f.name: split(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)
+              if f.name not in ("positions", "frame_block")}
+    return inputs.replace(positions=split(inputs.positions, axis=1), **fields)
+  return {k: split_inputs(v) if isinstance(v, ModelInputs) else split(v) for k, v in batch.items()}
