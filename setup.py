@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "jiwer==4.0.0",
     "rouge-score==0.1.2",
     "word2number==1.1",
+    "httpx==0.29.0",  # the hosted-model client (rewatch_jax/hosted/): judges, synthesis
 ]
 
 EXTRAS = {

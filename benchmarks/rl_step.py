@@ -45,7 +45,7 @@ def main() -> None:
   from rewatch_jax.train import grpo
   from rewatch_jax.train.config import sft_recipe
   from rewatch_jax.train.resolve import resolve
-  host.show_library_logs()
+  host.show_library_logs(False)
 
   work = args.workdir or tempfile.mkdtemp(prefix="rl_step_")
   c = demo.get_config("sft")

@@ -235,3 +235,23 @@ def test_kill_9_during_rl_and_resume_is_bit_exact(rl_prepared, tmp_path):
   assert rows(run) == rows(ref) and len(rows(ref)) == 5
   steps = [json.loads(line)["step"] for line in open(os.path.join(run, "rl", "rollouts.jsonl"))]
   assert steps == [s for s in range(1, 6) for _ in range(2 * 4)]  # rl.log_rollouts = 2 prompts of 4 samples
+
+
+def test_a_hosted_judge_must_answer_at_start_up(rl_prepared, tmp_path):
+  from tests.openai_server import FakeEndpoint
+  work, data_dir, tokenizer = rl_prepared
+  c = rl_config()
+  c.rl.reward.judge = "hosted"
+  with pytest.raises(ConfigError, match="base_url and .model"):
+    resolved(c, data_dir, tokenizer, str(tmp_path))
+  with FakeEndpoint(lambda prompt: "1", models=("qwen3-judge",)) as endpoint:
+    c.rl.reward.hosted.update(base_url=endpoint.base_url, model="other-model")
+    with pytest.raises(ConfigError, match="does not serve 'other-model'"):
+      resolved(c, data_dir, tokenizer, str(tmp_path))
+    c.rl.reward.hosted.model = "qwen3-judge"
+    run = resolved(c, data_dir, tokenizer, str(tmp_path))
+    assert run.config.rl.reward.hosted.cache_dir == os.path.join(str(tmp_path), "judge_cache")
+  c.rl.reward.hosted.base_url = endpoint.base_url  # (now shut down)
+  with pytest.raises(ConfigError, match="does not answer GET /models"):
+    resolved(c, data_dir, tokenizer, str(tmp_path))
+

@@ -118,10 +118,17 @@ def base(size: str) -> ml_collections.ConfigDict:
           observation=True, reasoning=True,  # the O&R terms, each switchable (ablations)
           min_steps=1,  # re-watch steps a well-formed response has at least
           judge_all=False,  # judge observations where they do not count too (curves for both arms)
-          # "caption": offline, from the caption text (rewards/judges.py); or "module:attribute" of a
-          # rewards.judges.Judge subclass, built with the resolved config
+          # "caption": offline, from the caption text; "hosted": the paper's judges on a text model at
+          # `hosted` below (rewards/judges.py); or "module:attribute" of a rewards.judges.Judge
+          # subclass, built with the resolved config (the demo's: its toy world's own judges)
           judge="caption",
-          tolerance=0.0)),  # seconds an observation's span is widened by (0: one frame interval)
+          tolerance=0.0,  # seconds an observation's span is widened by (0: one frame interval)
+          hosted=ml_collections.ConfigDict(dict(
+              base_url="",  # an OpenAI-compatible endpoint, e.g. http://judge-host:8000/v1
+              model="",  # e.g. Qwen/Qwen3-30B-A3B-Instruct-2507 (the paper's judge)
+              api_key_env="OPENAI_API_KEY",  # the environment variable holding the key (never the key)
+              max_concurrency=64, requests_per_minute=0.0, tokens_per_minute=0.0, timeout=60.0, max_retries=6,
+              cache_dir="judge_cache")))),  # relative: under the workdir; "": no cache
   ))
   # "module:attribute" of a rewatch_jax.train.resolve.Hooks subclass that adds to the run (the demo's
   # toy world: "rewatch_jax.demo.hooks:Demo"); "": none.

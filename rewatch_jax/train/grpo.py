@@ -45,7 +45,7 @@ from rewatch_jax.data import chat, pipeline, records
 from rewatch_jax.generate import for_sampling, generate
 from rewatch_jax.models import ModelInputs, Qwen25VL
 from rewatch_jax.models.sharding import axis_rules
-from rewatch_jax.rewards import CaptionJudge, Judge, RewardConfig, Sample, reward
+from rewatch_jax.rewards import CaptionJudge, HostedJudge, Judge, RewardConfig, Sample, reward
 from rewatch_jax.train import loop
 from rewatch_jax.train import state as train_state
 from rewatch_jax.train.resolve import Run, Stage
@@ -219,6 +219,8 @@ def make_judge(run: Run) -> Judge:
   spec = run.config.rl.reward.judge
   if spec == "caption":
     return CaptionJudge(tolerance=run.config.rl.reward.tolerance)
+  if spec == "hosted":
+    return HostedJudge.from_config(run.config)
   module, _, attribute = spec.partition(":")
   return getattr(__import__(module, fromlist=[attribute]), attribute)(run.config)
 

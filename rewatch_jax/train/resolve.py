@@ -182,6 +182,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
     # the span tolerance of the offline judge: one interval between the frames the model sees
     c.rl.reward.tolerance = c.rl.reward.tolerance or 1.0 / video_spec.fps
     stages += (_rl_stage(c, workdir),)
+    if c.rl.reward.judge == "hosted":
+      _check_hosted_judge(c, workdir)
     unfit = unfit_summary(c.data.dir, c.rl.set, model, rl_buckets, fate="would stop the RL stage")
     if unfit:
       raise ConfigError(f"rl.buckets: {unfit}: add a larger bucket to rl.buckets")
@@ -370,14 +372,31 @@ def _check_rl(c, mesh) -> None:
   for key, allowed in choices.items():
     if _get(c, key) not in allowed:
       raise ConfigError(f"{key} must be one of {allowed}, got {_get(c, key)!r}")
-  if r.reward.judge != "caption" and ":" not in r.reward.judge:
-    raise ConfigError(f"rl.reward.judge must be \"caption\" or \"module:attribute\" of a rewards.judges.Judge, "
-                      f"got {r.reward.judge!r}")
+  if r.reward.judge not in ("caption", "hosted") and ":" not in r.reward.judge:
+    raise ConfigError(f"rl.reward.judge must be \"caption\", \"hosted\" or \"module:attribute\" of a "
+                      f"rewards.judges.Judge, got {r.reward.judge!r}")
   rows, processes = pipeline.batch_rows(mesh), jax.process_count()
   if r.prompts_per_step % (processes * r.mini_batches) or (r.prompts_per_step // r.mini_batches) % rows:
     raise ConfigError(f"rl.prompts_per_step {r.prompts_per_step} must split into rl.mini_batches ({r.mini_batches}) "
                       f"of whole prompts, each a multiple of the mesh's batch axes (data x fsdp = {rows} devices) and "
                       f"of the processes ({processes}): use a multiple of {r.mini_batches * max(rows, processes)}")
+
+
+def _check_hosted_judge(c, workdir: str) -> None:
+  """The judge's endpoint answers and serves its model, before any rollout is paid for."""
+  h = c.rl.reward.hosted
+  if not h.base_url or not h.model:
+    raise ConfigError("rl.reward.hosted.base_url and .model: the hosted judge needs an OpenAI-compatible endpoint "
+                      "(e.g. --config.rl.reward.hosted.base_url=http://HOST:8000/v1) and a model it serves")
+  from rewatch_jax.hosted import ClientConfig, HostedClient, HostedError
+  try:
+    served = HostedClient(ClientConfig(base_url=h.base_url, api_key_env=h.api_key_env, timeout=h.timeout)).models()
+  except HostedError as e:
+    raise ConfigError(f"rl.reward.hosted.base_url: {e}") from None
+  if h.model not in served:
+    raise ConfigError(f"rl.reward.hosted.model: {h.base_url} does not serve {h.model!r} (it serves {served[:8]})")
+  if h.cache_dir and "://" not in h.cache_dir and not os.path.isabs(h.cache_dir):
+    h.cache_dir = os.path.join(workdir, h.cache_dir)
 
 
 def _compilation_cache_dir(path: str, workdir: str, backend: str) -> str:
