@@ -24,7 +24,8 @@ def get_config(arg: str | None = None):
   # held out, and the ranges each world's duration (s) and shape count are drawn from. Enough videos
   # that the model cannot memorise them (with 60 it did, and did worse on new ones); short worlds
   # with few shapes keep preparation and sequences small.
-  c.demo = ml_collections.ConfigDict(dict(videos=300, seed=0, test_fraction=0.1, duration=(8, 16), shapes=(1, 3)))
+  c.demo = ml_collections.ConfigDict(dict(videos=300, seed=0, test_fraction=0.1, duration=(8, 16), shapes=(1, 3),
+                                          rl_test_videos=150))  # a world of its own for RL's held-out test
   c.tokenizer = ""  # the toy tokenizer, set by the hooks
   # A small model of the same architecture; special ids are the toy tokenizer's (0..6).
   ids = {t: i for i, t in enumerate(toyworld.SPECIAL_TOKENS)}
@@ -48,7 +49,8 @@ def get_config(arg: str | None = None):
   # Mixed by weight alone (not by size): the toy world has one caption and ~27 QA per video. QA at
   # 2: at 1 the model had not learnt what kind of answer each question takes, and its open answers
   # to the other questions fell below the text-only guess (docs/notes/demo_experiments.md, ninth pass).
-  c.data.weights = ml_collections.ConfigDict(dict(caption=0.5, qa=2.0, cot=0.5, perception=1.0))
+  # perception_cot: the perception questions answered in thinking mode, which RL then trains.
+  c.data.weights = ml_collections.ConfigDict(dict(caption=0.5, qa=2.0, cot=0.5, perception=1.0, perception_cot=0.5))
   c.data.mix_by_size = False
   # 150 warm-up steps: with the SFT's 40 the read formed only weakly in one seed of five, with 150
   # in all five (docs/notes/demo_experiments.md, ninth pass).
@@ -70,8 +72,12 @@ def get_config(arg: str | None = None):
   # the O&R judges that check observations against the toy world itself (demo/judges.py)
   c.rl.buckets = [dict(length=320, patches=256, frame_block=64, loss_tokens=1)]
   c.rl.reward.judge = "rewatch_jax.demo.judges:ToyJudge"
+  # RL: two arms from the SFT weights (acc+fmt, the paper's baseline, and O&R) on the perception
+  # questions in thinking mode, each scored on the held-out world's before and after.
+  c.rl.update(dict(steps=20, prompts_per_step=8, samples=8, max_new_tokens=96, learning_rate=1e-4, beta=0.0,
+                   arms=("acc_fmt", "o_and_r"), eval_set="rl_eval"))
   if arg == "sft":
-    c.eval.enabled, c.pretrain.steps = False, 0
+    c.eval.enabled, c.pretrain.steps, c.rl.steps, c.demo.rl_test_videos, c.rl.eval_set = False, 0, 0, 0, ""
   elif arg:
     raise ValueError(f"unknown variant {arg!r} (use :sft or nothing)")
   return c

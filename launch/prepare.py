@@ -12,9 +12,13 @@ r"""Prepare datasets.
       to weight as a task of its own), and OUT/video_store/ with each video's decoded frames once
       for every record and set. Bad videos are skipped and listed in prepare_report.json
       (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
-      --records_format=rewatch reads the released ReWatch JSON files instead (--records qa.json
-      for qa/qa_eval/rl, cot.json for cot, caption.json for caption and --captions),
-      --records_format=video_r1 Video-R1's (videos only; its image records are left out).
+      --records takes several files, each `[FORMAT:]PATH` (JSON lists or JSONL) in its own format
+      (default --records_format): jsonl (ours), rewatch (the released ReWatch files: qa.json for
+      qa/qa_eval/rl, cot.json for cot, caption.json for caption and --captions), video_r1
+      (Video-R1-260k and -COT-165k; its image records are left out), longvideo_reason. E.g. the
+      RL mix in one call: --config rl --records rewatch:qa.json,video_r1:Video-R1-260k.json,\
+      longvideo_reason:lvr.json --captions rewatch:caption.json. A bad row is skipped and reported,
+      never the whole file; question types outside the alias table are kept as "other" and counted.
 """
 
 import logging
@@ -34,14 +38,16 @@ flags.DEFINE_integer("toyworld", None, "Number of toy-world videos to generate."
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_integer("seed", 0, "First toy-world seed (video i uses seed + i).")
 flags.DEFINE_float("test_fraction", 0.2, "Share of toy-world videos held out as the test split.")
-flags.DEFINE_string("records", None, "Records to prepare (JSONL, or see --records_format).")
-flags.DEFINE_enum("records_format", "jsonl", ["jsonl", "rewatch", "video_r1"],
-                  "jsonl: ours (rewatch_jax/data/records.py); rewatch: the released ReWatch JSON files; "
-                  "video_r1: Video-R1's JSON (problem, solution, path).")
+flags.DEFINE_list("records", None, "Record files to prepare, each [FORMAT:]PATH (FORMAT: one of --records_format's).")
+flags.DEFINE_enum("records_format", "jsonl", list(records.FORMATS),
+                  "The format of --records and --captions files without a FORMAT: prefix. jsonl: ours "
+                  "(rewatch_jax/data/records.py); rewatch: the released ReWatch files; video_r1: Video-R1's "
+                  "(problem, problem_type, solution, path; process for CoT); longvideo_reason: LongVideo-Reason's "
+                  "(problem, answer, videos, reasoning).")
 flags.DEFINE_string("videos", None, "Video root that record paths are relative to.")
 flags.DEFINE_enum("config", None, sorted(tfds_rewatch.KINDS), "The kind of prepared set to build.")
 flags.DEFINE_string("name", None, "The prepared set's name (default: --config), under which trainers read it.")
-flags.DEFINE_string("captions", None, "Caption JSONL (the rl config keeps each video's caption).")
+flags.DEFINE_list("captions", None, "Caption files, [FORMAT:]PATH each (the rl config keeps each video's caption).")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json or a folder with one (default: the Qwen vocabulary).")
 flags.DEFINE_string("cache_dir", None, "Optional frame cache to decode through (e.g. shared by several --out folders); "
                     "within one --out each video is decoded once anyway (its video store).")
@@ -59,18 +65,29 @@ flags.DEFINE_integer("max_pixels", 128 * 28 * 28, "VideoSpec: most pixels per fr
 flags.DEFINE_integer("total_pixels", 12288 * 28 * 28, "VideoSpec: most pixels per video.")
 
 
-def _read(path: str, kind: str) -> list:
-  """Records of `path` in --records_format (`kind`: which released ReWatch file it is)."""
-  if FLAGS.records_format == "rewatch":
-    return records.import_rewatch(path, kind)
-  if FLAGS.records_format == "video_r1":
-    if kind != "qa":
-      raise app.UsageError("Video-R1 files hold QA: use them with the qa, qa_eval or rl config")
-    return records.import_video_r1(path)
-  if path.endswith(".json"):
-    raise app.UsageError(f"{path} is JSON, not JSONL: released ReWatch or Video-R1 files need "
-                         "--records_format=rewatch or video_r1")
-  return list(records.read_jsonl(path))
+def _read(entries: list[str], kind: str) -> list:
+  """The records of every `[FORMAT:]PATH` entry as records of `kind` (caption, qa or cot); bad rows
+  skipped and reported (or, with --on_error=raise, the first stops the run)."""
+  out = []
+  for entry in entries:
+    fmt, _, path = entry.partition(":") if entry.split(":", 1)[0] in records.FORMATS else ("", "", entry)
+    fmt = fmt or FLAGS.records_format
+    try:
+      got = records.import_records(path, fmt, kind, video_root=FLAGS.videos or "")
+    except (OSError, records.RecordError) as e:
+      raise app.UsageError(f"{entry}: {e}") from None
+    log.info("%s (%s): %d records, %d rows skipped", path, fmt, len(got.records), len(got.skipped))
+    for where, why in got.skipped[:5]:
+      log.warning("skipped %s: %s", where, why)
+    if got.unmapped_types:
+      log.warning("%s: question types outside the alias table, imported as 'other': %s", path, got.unmapped_types)
+    if got.skipped and (FLAGS.on_error == "raise" or not got.records):
+      where, why = got.skipped[0]
+      hint = "" if got.records else f" (no row of {path} could be read as {fmt}: is its format another of " \
+                                     f"{records.FORMATS}? prefix it, e.g. rewatch:{path})"
+      raise app.UsageError(f"{where}: {why}{hint}")
+    out += got.records
+  return out
 
 
 def main(argv):
@@ -93,7 +110,13 @@ def main(argv):
                    max_pixels=FLAGS.max_pixels, total_pixels=FLAGS.total_pixels)
   recs = _read(FLAGS.records, {"caption": "caption", "cot": "cot"}.get(FLAGS.config, "qa"))
   caps = _read(FLAGS.captions, "caption") if FLAGS.captions else []
-  log.info("read %d records from %s (%s)", len(recs), FLAGS.records, FLAGS.records_format)
+  log.info("read %d records from %s", len(recs), ", ".join(FLAGS.records))
+  if FLAGS.config == "rl":  # the O&R reward checks observations against the caption of each video
+    captioned = {c.video for c in caps}
+    bare = [r for r in recs if r.video not in captioned]
+    if bare:
+      log.warning("%d of %d records have no caption for their video (e.g. %s): their observations cannot be "
+                  "judged; give --captions with the same video paths", len(bare), len(recs), bare[0].video)
   name = FLAGS.name or FLAGS.config
   report = tfds_rewatch.prepare(
       FLAGS.out, name, recs, FLAGS.videos, spec, kind=FLAGS.config, captions=caps, tokenizer=FLAGS.tokenizer,

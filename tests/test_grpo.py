@@ -64,6 +64,10 @@ def rl_prepared(prepared):
   spec = VideoSpec(**small_sft_config().video_spec)
   if not tfds_rewatch.set_dirs(data_dir, "rl"):
     tfds_rewatch.prepare(data_dir, "rl", qa, toy, spec, kind="rl", tokenizer=tokenizer, captions=captions)
+  if not tfds_rewatch.set_dirs(data_dir, "rl_eval"):
+    held = list(records.read_jsonl(os.path.join(toy, "test_qa.jsonl")))[:16]
+    tfds_rewatch.prepare(data_dir, "rl_eval", held, toy, spec, kind="rl", tokenizer=tokenizer,
+                         captions=list(records.read_jsonl(os.path.join(toy, "test_caption.jsonl"))))
   return prepared
 
 
@@ -71,8 +75,8 @@ def rl_config(steps=3, **rl):
   c = small_sft_config()
   c.total_steps = 0  # RL alone, from the (random) initial weights
   c.log_every_steps, c.checkpoint_every_steps = 1, 2
-  c.rl.update(dict(steps=steps, prompts_per_step=8, samples=4, max_new_tokens=24, log_rollouts=1,
-                   buckets=[dict(length=320, patches=256, frame_block=64, loss_tokens=1)], **rl))
+  c.rl.update(dict(dict(steps=steps, prompts_per_step=8, samples=4, max_new_tokens=24, log_rollouts=1,
+                        buckets=[dict(length=320, patches=256, frame_block=64, loss_tokens=1)]), **rl))
   return c
 
 
@@ -133,11 +137,32 @@ def test_mini_batches_and_several_updates_take_the_old_policy_from_a_forward(rl_
   assert row["time_reference"] < 0.05  # beta = 0: no reference model
 
 
+def test_sft_then_two_rl_arms_from_the_same_weights_each_scored_in_thinking_mode(rl_prepared, tmp_path):
+  from rewatch_jax.train import driver
+  work, data_dir, tokenizer = rl_prepared
+  c = rl_config(steps=2, arms=("acc_fmt", "o_and_r"), eval_set="rl_eval", max_new_tokens=16)
+  c.total_steps = 2  # a short SFT first
+  c.rl.reward.judge = "rewatch_jax.demo.judges:ToyJudge"
+  run = resolved(c, data_dir, tokenizer, str(tmp_path))
+  assert [(s.name, s.reward) for s in run.stages] == [("sft", ""), ("rl_acc_fmt", "acc_fmt"), ("rl_o_and_r", "o_and_r")]
+  results = driver.run(run)
+  for name in ("after_sft_thinking", "after_rl_acc_fmt", "after_rl_o_and_r"):
+    r = results[name]
+    assert r["n"] == 16 and 0 <= r["accuracy"] <= 1 and r["stderr"] >= 0 and 0 <= r["parsed_rate"] <= 1, name
+    assert "observations_per_response" in r and "unsupported_observation_rate" in r, name
+  assert results["rl_acc_fmt"]["steps"] == results["rl_o_and_r"]["steps"] == 2
+  for arm in ("rl_acc_fmt", "rl_o_and_r"):  # each arm's own checkpoints and metrics
+    assert os.path.exists(tmp_path / arm / "checkpoints" / "2") and os.path.exists(tmp_path / arm / "metrics.jsonl")
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["after_rl_o_and_r"]["n"] == 16 and os.path.exists(tmp_path / "eval_after_rl_o_and_r.jsonl")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("samples", 1, "rl.samples must be >= 2"), ("temperature", 0.0, "rl.temperature must be > 0"),
     ("loss_agg", "mean", "rl.loss_agg must be one of"), ("kl", "k4", "rl.kl must be one of"),
     ("prompts_per_step", 12, "rl.prompts_per_step 12 must split"), ("top_p", 0.0, "rl.top_p"),
-    ("set", "qa", "not a prompt set for RL"),
+    ("set", "qa", "not a prompt set for RL"), ("arms", ("o_and_r", "o_and_r"), "rl.arms must be distinct"),
+    ("eval_set", "caption", "rl.eval_set"),
 ])
 def test_rl_config_checks_name_the_key(rl_prepared, tmp_path, key, value, message):
   work, data_dir, tokenizer = rl_prepared

@@ -198,9 +198,14 @@ def test_prepare_reads_released_rewatch_and_video_r1_files(tmp_path):
   out = run("--records", str(tmp_path / "r1.json"), "--records_format", "video_r1", "--out", str(tmp_path / "b"),
             "--config", "qa", *small)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "qa: wrote 1 of 1 records" in out.stderr and "left out 1 image records of 2" in out.stderr
+  assert "qa: wrote 1 of 1 records" in out.stderr and "left out 1 image records" in out.stderr
   out = run("--records", str(tmp_path / "qa.json"), "--out", str(tmp_path / "c"), "--config", "qa", *small)
-  assert out.returncode != 0 and "--records_format=rewatch or video_r1" in out.stderr
+  assert out.returncode != 0 and "no row of" in out.stderr and "prefix it, e.g. rewatch:" in out.stderr
+  # the RL mix in one call, each file in its own format, with a caption-less video reported
+  out = run("--records", f"rewatch:{tmp_path / 'qa.json'},video_r1:{tmp_path / 'r1.json'}", "--out",
+            str(tmp_path / "d"), "--config", "rl", *small)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "rl: wrote 2 of 2 records" in out.stderr and "2 of 2 records have no caption" in out.stderr
 
 
 def test_sweep_dry_run_and_tpu_pod_command():

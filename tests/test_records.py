@@ -1,10 +1,14 @@
 """Records: validation, stable ids, JSONL round trip, path safety and the importers."""
 
 import json
+import os
 
 import pytest
 
 from rewatch_jax.data import records
+
+# real records of the formats users bring, copied verbatim from public material
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _qa(**kw):
@@ -63,14 +67,17 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
   assert "r.jsonl:2" in str(err.value)
 
 
-def test_resolve_video_rejects_symlink_escape(tmp_path):
+def test_resolve_video_follows_links_inside_the_root_and_refuses_escapes(tmp_path):
   root = tmp_path / "videos"
   root.mkdir()
-  (tmp_path / "secret.mp4").write_bytes(b"x")
-  (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
-  assert records.resolve_video(str(root), "sub/../a.mp4") == str((root / "a.mp4").resolve())
-  with pytest.raises(records.RecordError, match="outside"):
-    records.resolve_video(str(root), "link.mp4")
+  (tmp_path / "MiraData").mkdir()
+  (tmp_path / "MiraData" / "a.mp4").write_bytes(b"x")
+  (root / "MiraData").symlink_to(tmp_path / "MiraData")  # a root made of one link a source
+  assert open(records.resolve_video(str(root), "MiraData/a.mp4"), "rb").read() == b"x"
+  assert records.resolve_video(str(root), "sub/../a.mp4") == str(root / "a.mp4")
+  for escape in ("../secret.mp4", "/etc/passwd", "MiraData/../../secret.mp4"):
+    with pytest.raises(records.RecordError, match="escapes"):
+      records.resolve_video(str(root), escape)
 
 
 def test_import_rewatch_release_files(tmp_path):
@@ -95,6 +102,19 @@ def test_import_rewatch_release_files(tmp_path):
   (tmp_path / "bad.json").write_text(json.dumps(bad))
   with pytest.raises(records.RecordError, match=r"bad.json\[0\].*escapes"):
     records.import_rewatch(str(tmp_path / "bad.json"), "qa")
+  # as users bring them: JSONL, a bad row and a type outside the alias table skip or map, never abort
+  rows = [qa[0], dict(qa[0], video_path="../x.mp4"), dict(qa[1], question_type="Fine-grained Action"),
+          dict(qa[0], video_path="/data/videos/Vript/v2.mp4", source="Vript")]
+  (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+  got = records.import_records(str(tmp_path / "qa.jsonl"), "rewatch", "qa", video_root="/data/videos")
+  assert [r.video for r in got.records] == ["Vript/v1.mp4", "Vript/v1.mp4", "Vript/v2.mp4"]
+  assert got.records[1].question_type == "other" and got.unmapped_types == {"Fine-grained Action": 1}
+  assert [w.rsplit(":", 1)[1] for w, _ in got.skipped] == ["2", "5"]
+  assert "escapes" in got.skipped[0][1] and "not JSON" in got.skipped[1][1]
+  cot_wrong = [dict(cot[0], answer="The window")]  # the CoT answers "The door"
+  (tmp_path / "cot2.json").write_text(json.dumps(cot_wrong))
+  got = records.import_records(str(tmp_path / "cot2.json"), "rewatch", "cot")
+  assert not got.records and "not the record's" in got.skipped[0][1]
 
 
 def test_import_video_r1(tmp_path):
@@ -107,4 +127,26 @@ def test_import_video_r1(tmp_path):
   (tmp_path / "r1.json").write_text(json.dumps(items))
   a, b = records.import_video_r1(str(tmp_path / "r1.json"))
   assert (a.form, a.answer, a.question_type, a.video) == ("mc", "B", "other", "Video-R1/videos/1.mp4")
-  assert (b.answer, b.question_type) == ("STOP", "reading")
+  assert (b.answer, b.question_type, b.answer_type) == ("STOP", "reading", "OCR")
+  # the CoT file: `process` then `solution`, as Video-R1's SFT target; also as JSONL
+  verbatim = json.load(open(os.path.join(DATA, "Video-R1-COT-165k.card_record_verbatim.json")))
+  rows = verbatim if isinstance(verbatim, list) else [verbatim]
+  (tmp_path / "cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  got = records.import_records(str(tmp_path / "cot.jsonl"), "video_r1", "cot")
+  assert len(got.records) == len(rows) and not got.skipped
+  (c,) = got.records[:1]
+  assert c.kind == "cot" and c.reasoning.startswith(rows[0]["process"].strip()[:20]) and "<answer>" in c.reasoning
+  assert c.answer_type == rows[0]["problem_type"]
+
+
+def test_import_longvideo_reason(tmp_path):
+  rows = [{"problem": "What does the man do after the call?\nA. leaves\nB. sits down\nC. eats\nD. sleeps",
+           "answer": "B", "videos": ["lvr/0001.mp4"], "reasoning": "<think>He hangs up and sits.</think>"},
+          {"problem": "How many cars pass?", "answer": "3", "videos": "lvr/0002.mp4", "reasoning": "I count 3."}]
+  (tmp_path / "lvr.json").write_text(json.dumps(rows))
+  mc, opened = records.import_records(str(tmp_path / "lvr.json"), "longvideo_reason", "qa").records
+  assert (mc.form, mc.options, mc.answer, mc.answer_text, mc.question) == (
+      "mc", ("leaves", "sits down", "eats", "sleeps"), "B", "sits down", "What does the man do after the call?")
+  assert (opened.form, opened.answer, opened.video) == ("open", "3", "lvr/0002.mp4")
+  cots = records.import_records(str(tmp_path / "lvr.json"), "longvideo_reason", "cot").records
+  assert [c.reasoning.endswith(f"<answer>{r['answer']}</answer>") for c, r in zip(cots, rows)] == [True, True]

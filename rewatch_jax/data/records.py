@@ -7,6 +7,7 @@ line and name the file and line of a bad one; writers are atomic.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -15,7 +16,9 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
 
 QUESTION_TYPES = (
     "event_localization", "temporal_localization", "counting", "causal", "reading",
@@ -104,10 +107,10 @@ def safe_video_path(video: str) -> str:
 
 
 def resolve_video(root: str, video: str) -> str:
-  path = os.path.realpath(os.path.join(root, safe_video_path(video)))
-  if os.path.commonpath([path, os.path.realpath(root)]) != os.path.realpath(root):
-    raise RecordError(f"video path {video!r} resolves outside {root} (symlink?)")
-  return path
+  """The file of a record's video under `root`. The path itself may not leave the root (`..`,
+  absolute paths); symlinks inside the root are followed wherever they point: a root the user
+  names may be made of links to where each source's videos live (ReWatch keeps one root a source)."""
+  return os.path.join(root, safe_video_path(video))
 
 
 def _stable_id(kind: str, *parts: Any) -> str:
@@ -256,10 +259,102 @@ def read_jsonl(path: str) -> Iterator[Record]:
 
 
 # ---- importers ----
+#
+# Released files are imported as users have them: a JSON list or JSONL, one bad row skipped and
+# reported (never the whole file), question-type spellings mapped where they can be and counted
+# where not (kept as "other"), absolute video paths accepted inside the video root, each format's
+# fields kept (Video-R1's problem type as the answer type, its CoT as reasoning).
+
+FORMATS = ("jsonl", "rewatch", "video_r1", "longvideo_reason")
 
 _TYPE_ALIASES = {"ocr": "reading", "spatial_perception": "spatial", "numerical_reasoning": "numerical",
                  "causal_reasoning": "causal", "event_location": "event_localization",
-                 "temporal_location": "temporal_localization", "regression": "numerical"}
+                 "temporal_location": "temporal_localization", "regression": "numerical",
+                 "event_localisation": "event_localization", "temporal_localisation": "temporal_localization",
+                 "temporal_reasoning": "temporal_localization", "counting_problem": "counting", "count": "counting",
+                 "object_recognition_": "object_recognition", "object": "object_recognition",
+                 "action_recognition": "object_recognition", "state_changes": "state_change",
+                 "counterfactual_reasoning": "counterfactual", "text_recognition": "reading", "reading_text": "reading"}
+
+
+class Imported(NamedTuple):
+  records: list
+  skipped: list[tuple[str, str]]  # (where: "file[i]" or "file:line", why), records left out
+  unmapped_types: dict[str, int]  # question-type spellings outside the alias table (imported as "other")
+
+
+def import_records(path: str, fmt: str, kind: str, video_root: str = "", model: str = "") -> Imported:
+  """The records of one file in format `fmt` (FORMATS) as records of `kind` (caption, qa or cot).
+  `video_root`: absolute video paths inside it become relative to it (others are skipped)."""
+  if fmt not in FORMATS:
+    raise RecordError(f"unknown records format {fmt!r}; choose from {FORMATS}")
+  out, skipped, unmapped = [], [], collections.Counter()
+  images = 0
+  for where, item in _items(path):
+    try:
+      if isinstance(item, RecordError):
+        raise item
+      if not isinstance(item, dict):
+        raise RecordError(f"a row must be a JSON object, got {type(item).__name__}")
+      if fmt == "jsonl":
+        rec = from_json(item)
+      elif fmt == "rewatch":
+        rec = _rewatch_row(item, kind, path, model, video_root, unmapped)
+      elif fmt == "video_r1":
+        rec = _video_r1_row(item, kind, video_root, unmapped)
+        if rec is None:
+          images += 1
+          continue
+      else:
+        rec = _longvideo_reason_row(item, kind, video_root, unmapped)
+      if kind == "cot":
+        _check_cot_answer(rec)
+      out.append(rec)
+    except (KeyError, TypeError) as e:
+      skipped.append((where, f"missing or malformed field {e}"))
+    except RecordError as e:
+      skipped.append((where, str(e)))
+  if images:
+    log.warning("%s: left out %d image records (videos only)", path, images)
+  return Imported(out, skipped, dict(unmapped))
+
+
+def _items(path: str):
+  """(where, item) for every row of a JSON list or a JSONL file (a bad line: a RecordError item)."""
+  with open(path) as f:
+    text = f.read()
+  if text.lstrip().startswith("["):
+    try:
+      items = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise RecordError(f"{path}: not valid JSON ({e}); a JSONL file holds one object per line") from None
+    yield from ((f"{path}[{i}]", item) for i, item in enumerate(items))
+    return
+  for lineno, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      try:
+        yield f"{path}:{lineno}", json.loads(line)
+      except json.JSONDecodeError as e:
+        yield f"{path}:{lineno}", RecordError(f"not JSON: {e}")
+
+
+def _video(path: str, video_root: str) -> str:
+  """A record's video, relative to the video root (an absolute path must lie inside it)."""
+  path = str(path)
+  if os.path.isabs(path):
+    root = os.path.abspath(video_root) if video_root else ""
+    if not root or os.path.commonpath([os.path.normpath(path), root]) != root:
+      raise RecordError(f"absolute video path {path!r} is not inside the video root {video_root or '(none given)'}")
+    path = os.path.relpath(os.path.normpath(path), root)
+  return safe_video_path(path)
+
+
+def _question_type(name, unmapped: collections.Counter) -> str:
+  qtype = _normalise_type(name) if name else "other"
+  if qtype not in QUESTION_TYPES:
+    unmapped[str(name)] += 1
+    return "other"
+  return qtype
 
 
 def _normalise_type(name: str) -> str:
@@ -267,82 +362,124 @@ def _normalise_type(name: str) -> str:
   return _TYPE_ALIASES.get(name, name)
 
 
-def _qa_fields(item: dict, question_type: str) -> dict[str, Any]:
-  """Question, answer (the `<answer>` content if tagged; a bare letter for MC) and options."""
-  options = [re.sub(r"^\(?[A-H][.):]\s*", "", str(o)).strip() for o in item.get("options") or []]
-  answer = str(item.get("answer", item.get("solution", ""))).strip()
+def _answer_text(value) -> str:
+  answer = str(value).strip()
   m = re.search(r"<answer>(.*?)</answer>", answer, re.S)
-  answer = (m.group(1) if m else answer).strip()
+  return (m.group(1) if m else answer).strip()
+
+
+def _qa_fields(item: dict, question_type: str, options=None, question=None) -> dict[str, Any]:
+  """Question, answer (the `<answer>` content if tagged; a bare letter for MC) and options."""
+  options = [re.sub(r"^\(?[A-H][.):]\s*", "", str(o)).strip() for o in (item.get("options") or [])
+             if str(o).strip()] if options is None else options
+  answer = _answer_text(item.get("answer", item.get("solution", "")))
   if options:
-    answer = answer.strip("() .")[:1].upper()
-  return dict(question=str(item.get("question", item.get("problem", ""))).strip(), answer=answer,
-              question_type=_normalise_type(question_type), form="mc" if options else "open",
+    letter = re.match(r"^\(?([A-Ha-h])(?:[.):]|\s|$)", answer)
+    answer = letter.group(1).upper() if letter else answer
+  question = str(item.get("question", item.get("problem", ""))).strip() if question is None else question
+  return dict(question=question, answer=answer, question_type=question_type, form="mc" if options else "open",
               options=tuple(options))
 
 
-def import_rewatch(path: str, kind: str, model: str = "") -> list[Record]:
-  """Records from a released ReWatch annotation file (a JSON list; each item has `source` and a
-  relative `video_path`; captions in `caption`, QA in `question`/`answer`/`question_type`
-  (+ `options`), CoT reasoning in `cot`, `reasoning` or `response`)."""
-  with open(path) as f:
-    items = json.load(f)
-  out = []
-  for i, item in enumerate(items):
-    where = f"{path}[{i}]"
-    try:
-      lineage = Lineage(source=str(item.get("source", "")), model=model,
-                        extra={"imported_from": os.path.basename(path)})
-      video = safe_video_path(item["video_path"])  # must stay inside its source's folder
-      video = os.path.join(item["source"], video) if item.get("source") else video
-      if kind == "caption":
-        caption = item["caption"]
-        text = "\n".join(caption) if isinstance(caption, list) else caption
-        segments = parse_caption(text)
-        out.append(CaptionRecord(video=video, duration=float(item.get("duration", segments[-1].end)),
-                                 segments=tuple(segments), lineage=lineage))
-      else:
-        fields = _qa_fields(item, item.get("question_type", item.get("type", "")))
-        if kind == "qa":
-          out.append(QARecord(video=video, lineage=lineage, **fields))
-        else:
-          reasoning = item.get("cot") or item.get("reasoning") or item.get("response") or ""
-          out.append(CoTRecord(video=video, lineage=lineage, reasoning=reasoning, **fields))
-    except (KeyError, TypeError) as e:
-      raise RecordError(f"{where}: missing or malformed field {e}") from None
-    except RecordError as e:
-      raise RecordError(f"{where}: {e}") from None
-  return out
+def _check_cot_answer(rec) -> None:
+  """A CoT whose final answer is not the record's is not trained on (reported instead)."""
+  from rewatch_jax.rewards.answers import parse_answer  # (rewards imports records)
+  final = parse_answer(rec.reasoning, rec.options if rec.form == "mc" else None)
+  if final is None or (final != rec.answer if rec.form == "mc" else final.lower() != rec.answer.lower()):
+    raise RecordError(f"the CoT's final answer {final!r} is not the record's {rec.answer!r}")
+
+
+def _rewatch_row(item: dict, kind: str, path: str, model: str, video_root: str, unmapped) -> Record:
+  """A released ReWatch row: `source` and `video_path` relative to that source's root (captions in
+  `caption`, QA in `question`/`answer`/`question_type` (+ `options`), CoT in `cot`, `reasoning` or
+  `response`)."""
+  lineage = Lineage(source=str(item.get("source", "")), model=model, extra={"imported_from": os.path.basename(path)})
+  video = _video(item.get("video_path", item.get("video")), video_root)  # inside its source's folder
+  video = os.path.join(item["source"], video) if item.get("source") and not os.path.isabs(
+      str(item.get("video_path", ""))) else video
+  if kind == "caption":
+    caption = item["caption"]
+    text = "\n".join(caption) if isinstance(caption, list) else caption
+    segments = parse_caption(text)
+    return CaptionRecord(video=video, duration=float(item.get("duration", segments[-1].end)),
+                         segments=tuple(segments), lineage=lineage)
+  fields = _qa_fields(item, _question_type(item.get("question_type", item.get("type", "")), unmapped))
+  if kind == "qa":
+    return QARecord(video=video, lineage=lineage, **fields)
+  reasoning = item.get("cot") or item.get("reasoning") or item.get("response") or ""
+  return CoTRecord(video=video, lineage=lineage, reasoning=reasoning, **fields)
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
-def import_video_r1(path: str) -> list[QARecord]:
-  """Video-R1-style records: problem, problem_type, options, solution `<answer>X</answer>`, path.
-  Its problem types map to ReWatch's question types where they coincide (OCR -> reading,
-  numerical/regression -> numerical; the rest, multiple choice and free-form, become 'other') and
-  are kept whole as the record's answer_type, which decides how the RL reward scores the answer.
-  Image records (Video-R1-260k mixes them in: `data_type` "image", or an image file) are left out,
-  with a warning: this pipeline trains on videos."""
-  with open(path) as f:
-    items = json.load(f)
-  out, images = [], 0
-  for i, item in enumerate(items):
-    if isinstance(item, dict) and (item.get("data_type") == "image"
-                                   or str(item.get("path", "")).lower().endswith(_IMAGE_SUFFIXES)):
-      images += 1
-      continue
-    try:
-      problem = str(item.get("problem_type", "")).strip()
-      qtype = _normalise_type(problem)
-      fields = _qa_fields(item, qtype if qtype in ("reading", "numerical") else "other")
-      answer_type = {t.lower(): t for t in ANSWER_TYPES}.get(problem.lower(), "")  # scored as Video-R1 scores it
-      out.append(QARecord(video=item["path"], lineage=Lineage(source=str(item.get("data_source", "Video-R1"))),
-                          answer_type=answer_type, **fields))
-    except (KeyError, TypeError) as e:
-      raise RecordError(f"{path}[{i}]: missing or malformed field {e}") from None
-    except RecordError as e:
-      raise RecordError(f"{path}[{i}]: {e}") from None
-  if images:
-    logging.getLogger(__name__).warning("%s: left out %d image records of %d (videos only)", path, images, len(items))
-  return out
+def _video_r1_row(item: dict, kind: str, video_root: str, unmapped) -> Record | None:
+  """A Video-R1 row (problem, problem_type, options, solution `<answer>X</answer>`, path; the CoT
+  file's `process` too), or None for an image row (Video-R1-260k mixes them in). Its problem type
+  maps to ReWatch's question types where they coincide (OCR -> reading, numerical/regression ->
+  numerical; multiple choice and free-form -> other) and is kept whole as the answer type, which
+  decides how the RL reward scores the answer. A CoT is `process` then `solution`, as Video-R1's
+  own SFT target."""
+  if item.get("data_type") == "image" or str(item.get("path", "")).lower().endswith(_IMAGE_SUFFIXES):
+    return None
+  problem = str(item.get("problem_type", "")).strip()
+  qtype = _normalise_type(problem)
+  fields = _qa_fields(item, qtype if qtype in ("reading", "numerical") else "other")
+  answer_type = {t.lower(): t for t in ANSWER_TYPES}.get(problem.lower())
+  if answer_type is None:
+    unmapped[problem] += 1
+    answer_type = ""
+  common = dict(video=_video(item["path"], video_root), answer_type=answer_type,
+                lineage=Lineage(source=str(item.get("data_source", "Video-R1"))), **fields)
+  if kind != "cot":
+    return QARecord(**common)
+  if not str(item.get("process", "")).strip():
+    raise RecordError("a Video-R1 row without `process` has no CoT")
+  return CoTRecord(reasoning=f"{item['process'].strip()}\n{item['solution'].strip()}", **common)
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.):]\s*(.+?)\s*$")
+
+
+def _longvideo_reason_row(item: dict, kind: str, video_root: str, unmapped) -> Record:
+  """A LongVideo-Reason row: `problem` (the question, its options on lines "A. ..." after it),
+  `answer`, `videos` (a path or a list of one), `reasoning` (its CoT)."""
+  videos = item["videos"]
+  video = videos[0] if isinstance(videos, list) else videos
+  lines = str(item["problem"]).strip().splitlines()
+  options, first = [], None
+  for i, line in enumerate(lines):
+    m = _OPTION_LINE.match(line)
+    if m and m.group(1) == "ABCDEFGH"[len(options)]:
+      first = i if first is None else first
+      options.append(m.group(2))
+  question = "\n".join(lines[:first]).strip() if len(options) >= 2 else "\n".join(lines).strip()
+  options = options if len(options) >= 2 else []
+  fields = _qa_fields(item, _question_type(item.get("question_type", item.get("type", "")), unmapped),
+                      options=options, question=question)
+  common = dict(video=_video(video, video_root), lineage=Lineage(source="LongVideo-Reason"), **fields)
+  if kind != "cot":
+    return QARecord(**common)
+  reasoning = str(item.get("reasoning", "")).strip()
+  if "<answer>" not in reasoning:  # its reasoning ends before the answer: the answer closes it
+    reasoning = f"{reasoning}\n<answer>{item['answer']}</answer>"
+  return CoTRecord(reasoning=reasoning, **common)
+
+
+def import_rewatch(path: str, kind: str, model: str = "") -> list[Record]:
+  """Records of a released ReWatch file; raises on the first bad row (import_records skips and
+  reports instead)."""
+  return _strict(import_records(path, "rewatch", kind, model=model))
+
+
+def import_video_r1(path: str, kind: str = "qa") -> list[Record]:
+  """Records of a Video-R1 file (videos only); raises on the first bad row (import_records skips
+  and reports instead)."""
+  return _strict(import_records(path, "video_r1", kind))
+
+
+def _strict(imported: Imported) -> list[Record]:
+  if imported.skipped:
+    where, why = imported.skipped[0]
+    raise RecordError(f"{where}: {why}")
+  return imported.records

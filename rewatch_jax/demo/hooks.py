@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 # The prepared sets the demo trains and evaluates on: (name, split, records file, kind). The
 # perception questions (the backdrop's colour at a named moment) are a QA subset prepared as a set
-# of their own, so a stage can weight them as a task.
+# of their own, so a stage can weight them as a task; their CoT traces likewise (thinking-mode
+# answers to them, learnt before RL), and their prompts for RL (with the captions).
 SETS = (("caption", "train", "caption", "caption"), ("qa", "train", "qa", "qa"), ("cot", "train", "cot", "cot"),
-        ("perception", "train", "perception", "qa"), ("qa_eval", "test", "qa", "qa_eval"))
+        ("perception", "train", "perception", "qa"), ("qa_eval", "test", "qa", "qa_eval"),
+        ("perception_cot", "train", "perception_cot", "cot"), ("rl", "train", "perception", "rl"))
 
 
 class ToyData(NamedTuple):
@@ -41,11 +43,27 @@ def prepare_toyworld(demo, spec: VideoSpec, workdir: str) -> ToyData:
     log.info("toy world: generating %d videos -> %s", demo.videos, toy)
     toyworld.build(toy, demo.videos, **world)
   tokenizer = os.path.join(toy, "tokenizer.json")
-  read = lambda split, kind: list(records.read_jsonl(os.path.join(toy, f"{split}_{kind}.jsonl")))
-  for name, split, kind, set_kind in SETS:
+
+  def read(split, kind, root=toy):
+    if kind == "perception_cot":  # the CoT traces of the perception questions
+      return [r for r in read(split, "cot", root) if r.question in toyworld.PERCEPTION_QUESTIONS and r.form == "open"]
+    return list(records.read_jsonl(os.path.join(root, f"{split}_{kind}.jsonl")))
+
+  def prepare(name, recs, root, kind, split):
     if not tfds_rewatch.set_dirs(prepared, name):
-      report = tfds_rewatch.prepare(prepared, name, read(split, kind), toy, spec, kind=set_kind, tokenizer=tokenizer)
+      captions = read(split, "caption", root) if kind == "rl" else ()
+      report = tfds_rewatch.prepare(prepared, name, recs, root, spec, kind=kind, tokenizer=tokenizer, captions=captions)
       log.info("prepared %s: %d examples (%d skipped)", name, report["written"], len(report["skipped"]))
+
+  for name, split, kind, set_kind in SETS:
+    prepare(name, read(split, kind), toy, set_kind, split)
+  if demo.rl_test_videos:  # a world of its own for the RL claims (hundreds of perception questions)
+    held = os.path.join(root, "toy_rl_test")
+    world = dict(world, seed=demo.seed + demo.videos, test_fraction=1.0)
+    if not toyworld.built(held, toyworld.manifest(demo.rl_test_videos, **world)):
+      log.info("toy world: generating %d videos for the RL test -> %s", demo.rl_test_videos, held)
+      toyworld.build(held, demo.rl_test_videos, **world)
+    prepare("rl_eval", read("test", "perception", held), held, "rl", "test")
   perception = frozenset(r.id for r in read("test", "perception"))
   return ToyData(prepared, tokenizer, perception, toyworld.baselines(read("train", "qa"), read("test", "qa")))
 

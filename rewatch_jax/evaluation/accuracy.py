@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 from collections.abc import Sequence
 
 import jax
@@ -33,14 +34,19 @@ from rewatch_jax.generate import generate
 from rewatch_jax.mesh import allgather_json, model_mesh
 from rewatch_jax.rewards.accuracy import score_answer
 from rewatch_jax.rewards.answers import answer_unclosed
+from rewatch_jax.rewards.format import check_format
+from rewatch_jax.rewards.judges import Item, Judge
 
 
 def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucket], batch_size: int,
              max_new_tokens: int, stop_ids: Sequence[int], pad_id: int, limit: int | None = None,
-             ablation: str = "", seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
+             ablation: str = "", seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+             judge: Judge | None = None) -> dict:
   """Accuracy of `model` on the prepared set `name` under `data_dir`. `batch_size`: the global
   batch (split over processes, whose batches go onto `mesh`, by default the one the model's
-  parameters are on, like a training batch). Every process returns the result over all of them."""
+  parameters are on, like a training batch). `judge` (thinking-mode sets, which keep each video's
+  caption): each response's re-watch steps are judged too (observations, unsupported). Every
+  process returns the result over all of them."""
   if ablation not in ABLATIONS:
     raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
   mesh = mesh or model_mesh(model)
@@ -57,6 +63,7 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
   for batch in pipeline.eval_dataset(pc, model.config, name, **order):
     inputs, real = batch["inputs"], batch["meta"]["real"]
     records = [json.loads(r) for r in batch["meta"]["record"][:real]]
+    captions = batch["meta"].get("caption", [""] * len(records))
     if ablation == "blank":
       inputs = blank_videos(inputs)
     elif ablation == "swap":
@@ -66,14 +73,23 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
     out = generate(model, placed["inputs"], max_new_tokens=max_new_tokens, stop_ids=stop_ids, mesh=mesh)  # greedy
     tokens, lengths = jax.tree.map(np.asarray, multihost_utils.global_array_to_host_local_array(
         gather((out.tokens, out.lengths)), mesh, rows_spec))
-    for row, length, rec in zip(tokens, lengths, records):
+    rows = []
+    for row, length, rec, caption in zip(tokens, lengths, records, captions):
       stopped = row[length - 1] in stop_ids
       text = tokenizer.decode(row[:length - stopped].tolist(), skip_special_tokens=False)
-      parsed, score = score_answer(text, records_lib.from_json(rec))
-      predictions.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
-                              question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
-                              response=text, score=score, correct=None if parsed is None else score == 1.0,
-                              truncated=not stopped, cut_off=not stopped and answer_unclosed(text)))
+      record = records_lib.from_json(rec)
+      parsed, score = score_answer(text, record)
+      rows.append(dict(id=rec["id"], video=rec["video"], question=rec["question"],
+                       question_type=rec["question_type"], form=rec["form"], answer=rec["answer"],
+                       response=text, score=score, correct=None if parsed is None else score == 1.0,
+                       truncated=not stopped, cut_off=not stopped and answer_unclosed(text)))
+      if judge is not None:
+        rows[-1]["item"] = Item(record, caption, check_format(text, record.duration, min_steps=0).steps)
+    if judge is not None:  # every response's steps, as written (a broken structure keeps those before the break)
+      verdicts = judge.observations([r.pop("item") for r in rows])
+      for r, v in zip(rows, verdicts):
+        r.update(observations=len(v or []), unsupported=None if v is None else sum(not ok for ok in v))
+    predictions += rows
     batches += 1
     progress.update()
     if limit and batches * batch_size >= limit:
@@ -88,6 +104,12 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
              **tfds_rewatch.identity(data_dir, [name]),
              truncated=sum(p["truncated"] for p in predictions) / n, cut_off=sum(p["cut_off"] for p in predictions),
              by_type=_rate(predictions, "question_type"), by_form=_rate(predictions, "form"), predictions=predictions)
+  out["stderr"] = math.sqrt(out["accuracy"] * (1 - out["accuracy"]) / n)  # of the mean, for 0/1 scores
+  if judge is not None:
+    judged = [p for p in predictions if p["unsupported"] is not None]
+    seen = sum(p["observations"] for p in judged)
+    out.update(observations_per_response=sum(p["observations"] for p in predictions) / n,
+               unsupported_observation_rate=sum(p["unsupported"] for p in judged) / seen if seen else float("nan"))
   if ablation == "swap":
     out["swapped"] = swapped / n
   return out

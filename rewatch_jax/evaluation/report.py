@@ -1,6 +1,11 @@
-"""The results table: one row per evaluation (accuracy overall and by answer form, parsed rate)."""
+"""The results table: one row per evaluation (accuracy and its standard error, accuracy by answer
+form, the recipe's extra columns, for thinking-mode evaluations the observations per response and
+the fraction the judge found unsupported, parsed rate, questions)."""
 
 from __future__ import annotations
+
+# result entries shown where any row has them: (entry, header)
+OBSERVATIONS = (("observations_per_response", "obs/resp"), ("unsupported_observation_rate", "unsupported"))
 
 
 def table(results: dict[str, dict], columns: tuple[str, ...] = (), note: str = "") -> str:
@@ -11,11 +16,16 @@ def table(results: dict[str, dict], columns: tuple[str, ...] = (), note: str = "
   if not rows:
     return ""
   forms = sorted({f for _, v in rows for f in v["by_form"]})
-  extra = [c for c in columns if any(c in v for _, v in rows)]
-  heads = [f"acc {f}" for f in forms] + extra
-  lines = [f"{'stage':<24}{'accuracy':>10}" + "".join(f"{h:>11}" for h in heads) + f"{'parsed':>9}{'n':>6}"]
+  extra = [(c, c) for c in columns if any(c in v for _, v in rows)]
+  extra += [(c, h) for c, h in OBSERVATIONS if any(c in v for _, v in rows)]
+  heads = [f"acc {f}" for f in forms] + [h for _, h in extra]
+  width = max(24, *(len(name) + 2 for name, _ in rows))
+  lines = [f"{'stage':<{width}}{'accuracy':>10}{'+-se':>7}" + "".join(f"{h:>12}" for h in heads)
+           + f"{'parsed':>9}{'n':>6}"]
   for name, v in rows:
-    values = [v["by_form"].get(f, float("nan")) for f in forms] + [v.get(c, float("nan")) for c in extra]
+    values = [v["by_form"].get(f, float("nan")) for f in forms] + [v.get(c, float("nan")) for c, _ in extra]
     parsed = f"{v['parsed_rate']:>9.2f}" if "parsed_rate" in v else f"{'-':>9}"
-    lines.append(f"{name:<24}{v['accuracy']:>10.3f}" + "".join(f"{x:>11.3f}" for x in values) + f"{parsed}{v['n']:>6}")
+    se = f"{v['stderr']:>7.3f}" if "stderr" in v else f"{'-':>7}"
+    lines.append(f"{name:<{width}}{v['accuracy']:>10.3f}{se}" + "".join(f"{x:>12.3f}" for x in values)
+                 + f"{parsed}{v['n']:>6}")
   return "\n".join(lines + ([note] if note else []))

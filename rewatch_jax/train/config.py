@@ -112,6 +112,12 @@ def base(size: str) -> ml_collections.ConfigDict:
       mask_truncated=False,  # responses cut by max_new_tokens leave the loss (DAPO's overlong filter)
       tis_cap=0.0,  # > 0: truncated importance weights min(exp(trainer - sampler logprob), cap) per token
       log_rollouts=2,  # prompts a step whose samples go to <workdir>/rl/rollouts.jsonl
+      # () : one RL stage ("rl") with reward.kind; else one stage a reward kind, each from the same
+      # starting weights ("rl_acc_fmt", "rl_o_and_r": the paper's comparison, side by side)
+      arms=(),
+      # a prepared prompt set (kind rl) scored in thinking mode (greedy, rl.max_new_tokens, the
+      # judge's verdict on each observation) before the RL stages and after each; "": none
+      eval_set="",
       buckets=video_buckets(loss_tokens=1),  # prompt buckets (prompt tokens, patch slots, frame block)
       reward=ml_collections.ConfigDict(dict(
           kind="o_and_r",  # or "acc_fmt", the paper's baseline (rewards/o_and_r.py)

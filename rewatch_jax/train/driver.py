@@ -1,5 +1,6 @@
 """What `launch/train.py` runs for a resolved run: evaluation before training (if asked), each
-training stage (an optional pretraining stage, the SFT, then RL, each optional), an evaluation after each, the video
+training stage (an optional pretraining stage, the SFT, then RL: one stage, or several arms from the
+same weights), an evaluation after each (RL stages: the held-out prompts in thinking mode), the video
 ablation, and the results (results.json, every answer in eval_<stage>.jsonl, a table). The recipe's
 hooks (Run.hooks) add to the results; the demo's add its guessers and a perception column.
 """
@@ -37,16 +38,26 @@ def run(run: Run) -> dict:
   if c.eval.enabled and c.eval.before:
     model = train_state.build_model(c, run.model, run.mesh)
     results["before"] = _evaluate(run, model)
+  start, last = None, None  # the weights every RL arm starts from; the last SFT-type stage
   for stage in run.stages:
-    trainer = grpo if stage.trainer == "grpo" else sft
-    model, trained = trainer.train(run, stage, model=model)
+    if stage.trainer == "grpo":
+      if start is None:
+        start = model if model is not None else train_state.build_model(c, run.model, run.mesh)
+        if c.rl.eval_set:
+          results[f"after_{last.name}_thinking" if last else "before_rl"] = _evaluate_thinking(run, start)
+      model, trained = grpo.train(run, stage, model=start)
+    else:
+      model, trained = sft.train(run, stage, model=model)
+      last, sft_model = stage, model
     results[stage.name] = {"steps": trained.step, "final_loss": trained.final_loss}
     if trained.step < stage.total_steps:
       return results
-    if c.eval.enabled:
+    if stage.trainer == "grpo" and c.rl.eval_set:
+      results[f"after_{stage.name}"] = _evaluate_thinking(run, model)
+    elif stage.trainer != "grpo" and c.eval.enabled:
       results[f"after_{stage.name}"] = _evaluate(run, model)
-  if c.eval.enabled and c.eval.ablation:  # what the accuracy owes to the video (evaluation/ablations.py)
-    results[f"after_{run.stages[-1].name}_{c.eval.ablation}"] = _evaluate(run, model, c.eval.ablation)
+  if c.eval.enabled and c.eval.ablation and last:  # what the accuracy owes to the video (evaluation/ablations.py)
+    results[f"after_{last.name}_{c.eval.ablation}"] = _evaluate(run, sft_model, c.eval.ablation)
   results = run.hooks.report(results)
   if jax.process_index() == 0:
     for name, r in results.items():  # every answer, to read or re-score: eval_<name>.jsonl
@@ -59,6 +70,16 @@ def run(run: Run) -> dict:
     if table:
       log.info("results (%s/results.json):\n%s", run.workdir, table)
   return results
+
+
+def _evaluate_thinking(run: Run, model) -> dict:
+  """The RL prompts' held-out set in thinking mode, each observation judged (rl.eval_set)."""
+  c = run.config
+  result = evaluate(model, c.data.dir, c.rl.eval_set, chat.qwen_tokenizer(c.tokenizer), run.rl_buckets,
+                    c.eval.batch_size, c.rl.max_new_tokens, stop_ids=run.model.stop_token_ids, pad_id=c.data.pad_id,
+                    seed=c.seed, judge=grpo.make_judge(run))
+  run.hooks.scored(result)
+  return result
 
 
 def _evaluate(run: Run, model, ablation: str = "") -> dict:

@@ -230,9 +230,13 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
   reference; resumes from the stage's last checkpoint."""
   c, mesh, rl = run.config, run.mesh, run.config.rl
   start = model if model is not None else train_state.build_model(c, run.model, mesh)
-  trainable = train_state.setup(start, stage.optimizer, stage.total_steps * rl.mini_batches * rl.updates, mesh, c.seed)
-  # the starting weights, never updated (a copy: the update donates the state's buffers)
-  reference = jax.tree.map(lambda x: x.copy(), trainable.state.params) if rl.beta else None
+  # The policy trains a copy (the update donates its buffers); the starting weights stay whole: the
+  # reference, and the start of any further RL arm.
+  graphdef, weights = nnx.split(start)
+  policy = nnx.merge(graphdef, jax.tree.map(lambda x: x.copy(), weights))
+  trainable = train_state.setup(policy, stage.optimizer, stage.total_steps * rl.mini_batches * rl.updates, mesh,
+                                c.seed)
+  reference = nnx.state(start, nnx.Param) if rl.beta else None
   pc = pipeline.PipelineConfig(data_dir=c.data.dir, batch_size=stage.batch_size // jax.process_count(),
                                buckets=run.rl_buckets, seed=c.seed, workers=c.data.workers, pad_id=c.data.pad_id)
   checkpointer = TrainCheckpointer(f"{stage.workdir}/checkpoints", run.model, keep=c.keep_checkpoints,
@@ -243,10 +247,11 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
                    out_shardings=(trainable.shardings, None))
   logprobs = jax.jit(make_logprobs(trainable.graphdef, rl))
   tokenizer, judge = chat.qwen_tokenizer(c.tokenizer), make_judge(run)
-  reward_cfg = RewardConfig(kind=rl.reward.kind, observation=rl.reward.observation, reasoning=rl.reward.reasoning,
+  reward_cfg = RewardConfig(kind=stage.reward, observation=rl.reward.observation, reasoning=rl.reward.reasoning,
                             min_steps=rl.reward.min_steps, judge_all=rl.reward.judge_all)
   stops = run.model.stop_token_ids
-  rollouts = RolloutLog(f"{stage.workdir}/rollouts.jsonl", int(state.step))
+  state_at_start = int(state.step)
+  rollouts = RolloutLog(f"{stage.workdir}/rollouts.jsonl", state_at_start)
 
   def step(state: TrainState, index: int):
     times = {}
@@ -292,8 +297,14 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     times["update"] = time.perf_counter() - t
 
     rollouts.write(index + 1, meta["id"], texts, scores, adv, rl)
+    right = np.array([s["accuracy"] == 1.0 for s in scores]).reshape(-1, rl.samples)
     info = dict(ids=meta["id"], times=times, scores=scores, unscored=int((~scored).sum()), flat=float(flat.mean()),
-                truncated=float(truncated.mean()), length=float(np.mean(lengths)))
+                truncated=float(truncated.mean()), length=float(np.mean(lengths)), pass_at_g=float(right.any(1).mean()),
+                mixed=float((right.any(1) & ~right.all(1)).mean()))
+    if index == state_at_start:  # what RL starts from, on its own prompts (the policy has not moved yet)
+      log.info("%s starts from: sampled accuracy %.3f, pass@%d %.3f, groups of mixed correctness %.3f, format %.3f "
+               "(step %d's rollouts)", stage.name, float(right.mean()), rl.samples, info["pass_at_g"], info["mixed"],
+               float(np.mean([s["format"] for s in scores])), index + 1)
     return state, metrics, info
 
   def summarize(fetched: list[loop.Logged], seconds: float) -> dict[str, float]:
@@ -308,6 +319,8 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
                response_length=mean([p.info["length"] for p in fetched]),
                truncated=mean([p.info["truncated"] for p in fetched]),
                zero_variance_groups=mean([p.info["flat"] for p in fetched]),
+               pass_at_g=mean([p.info["pass_at_g"] for p in fetched]),
+               mixed_groups=mean([p.info["mixed"] for p in fetched]),
                unscored=float(sum(p.info["unscored"] for p in fetched)),
                steps_per_sec=len(fetched) / max(seconds, 1e-9))
     for part in ("rollout", "rewards", "reference", "update"):

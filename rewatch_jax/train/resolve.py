@@ -85,6 +85,7 @@ class Stage:
   weights: tuple[float, ...]
   optimizer: ml_collections.ConfigDict  # with this stage's learning rate and warm-up
   trainer: str = "sft"  # "sft" | "grpo"
+  reward: str = ""  # RL: the reward kind of this stage (rewards/o_and_r.py KINDS)
 
   @property
   def task_weights(self) -> dict[str, float]:
@@ -146,6 +147,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
   if rl:
     _need_prompts(c.data.dir, c.rl.set, "rl.set")
     trained = sorted({*trained, c.rl.set})
+    if c.rl.eval_set:
+      _need_prompts(c.data.dir, c.rl.eval_set, "rl.eval_set")
+      trained = sorted({*trained, c.rl.eval_set})
   if c.eval.enabled:
     _need_set(c.eval.dir, c.eval.set, "eval.set")
   identity = _identity(c.data.dir, trained, "data.dir")
@@ -181,12 +185,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Ru
       log.info("RL: %s epochs of %d prompts = %d steps", c.rl.epochs, prompts, c.rl.steps)
     # the span tolerance of the offline judge: one interval between the frames the model sees
     c.rl.reward.tolerance = c.rl.reward.tolerance or 1.0 / video_spec.fps
-    stages += (_rl_stage(c, workdir),)
+    stages += tuple(_rl_stage(c, workdir, kind) for kind in (c.rl.arms or ("",)))
     if c.rl.reward.judge == "hosted":
       _check_hosted_judge(c, workdir)
-    unfit = unfit_summary(c.data.dir, c.rl.set, model, rl_buckets, fate="would stop the RL stage")
-    if unfit:
-      raise ConfigError(f"rl.buckets: {unfit}: add a larger bucket to rl.buckets")
+    for name in filter(None, (c.rl.set, c.rl.eval_set)):
+      unfit = unfit_summary(c.data.dir, name, model, rl_buckets, fate="would stop the RL stage")
+      if unfit:
+        raise ConfigError(f"rl.buckets: {unfit}: add a larger bucket to rl.buckets")
   for stage in stages:
     _check_checkpoints(f"{stage.workdir}/checkpoints", f"the checkpoints under {stage.workdir}", tokenizer_hash,
                        model, "use a new --workdir")
@@ -339,11 +344,13 @@ def _stage(c, workdir: str, name: str, tasks: tuple[str, ...]) -> Stage:
                ml_collections.ConfigDict(c.optimizer.to_dict()).lock())
 
 
-def _rl_stage(c, workdir: str) -> Stage:
+def _rl_stage(c, workdir: str, arm: str) -> Stage:
+  """The RL stage, or with `arm` (a reward kind) one of several from the same starting weights."""
   optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
   optimizer.update(learning_rate=c.rl.learning_rate, warmup_steps=c.rl.warmup_steps, schedule=c.rl.schedule)
-  return Stage("rl", f"{workdir}/rl", c.rl.steps, c.rl.prompts_per_step, (c.rl.set,), (1.0,), optimizer.lock(),
-               trainer="grpo")
+  name = f"rl_{arm}" if arm else "rl"
+  return Stage(name, f"{workdir}/{name}", c.rl.steps, c.rl.prompts_per_step, (c.rl.set,), (1.0,), optimizer.lock(),
+               trainer="grpo", reward=arm or c.rl.reward.kind)
 
 
 def _check_rl(c, mesh) -> None:
@@ -372,6 +379,8 @@ def _check_rl(c, mesh) -> None:
   for key, allowed in choices.items():
     if _get(c, key) not in allowed:
       raise ConfigError(f"{key} must be one of {allowed}, got {_get(c, key)!r}")
+  if any(arm not in o_and_r.KINDS for arm in r.arms) or len(set(r.arms)) != len(r.arms):
+    raise ConfigError(f"rl.arms must be distinct reward kinds of {o_and_r.KINDS}, got {tuple(r.arms)}")
   if r.reward.judge not in ("caption", "hosted") and ":" not in r.reward.judge:
     raise ConfigError(f"rl.reward.judge must be \"caption\", \"hosted\" or \"module:attribute\" of a "
                       f"rewards.judges.Judge, got {r.reward.judge!r}")
