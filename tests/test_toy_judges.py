@@ -81,3 +81,11 @@ def test_the_toy_judge_drives_the_reward(kind):
     assert honest["reward"] == 4.0 and hallucinated["reward"] < honest["reward"]
   else:
     assert honest["reward"] == hallucinated["reward"] == 2.0  # the baseline cannot tell them apart
+
+
+def test_paired_difference_counts_questions_gained_and_lost():
+  from rewatch_jax.demo.hooks import paired_difference
+  before = [dict(id=i, score=float(i < 6)) for i in range(10)]  # right on 0-5
+  after = [dict(id=i, score=float(2 <= i < 9)) for i in range(10)]  # right on 2-8: gained 6-8, lost 0-1
+  diff, se = paired_difference(before, after)
+  assert diff == pytest.approx(0.1) and se == pytest.approx((5 - 1 / 10) ** 0.5 / 10)

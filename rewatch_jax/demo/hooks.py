@@ -6,6 +6,7 @@ questions apart, and puts two guessers that never see a frame at the top of the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import NamedTuple
 
@@ -90,17 +91,37 @@ class Demo(Hooks):
   def report(self, results: dict) -> dict:
     if not self.data:
       return results
+    for name, r in results.items():  # each RL arm against the SFT weights, question by question
+      base = results.get(THINKING_BASE)
+      if name.startswith("after_rl_") and base and "predictions" in r:
+        r["vs_sft"], r["vs_sft_se"] = paired_difference(base["predictions"], r["predictions"])
     evaluated = next((r["predictions"] for r in results.values() if "predictions" in r), [])
     return {**guesser_rows(self.data.guessers, evaluated, self.data.perception), **results}
 
   def table_columns(self) -> tuple[str, ...]:
-    return ("perception",)
+    return ("perception", "vs_sft", "vs_sft_se")
 
   def table_note(self) -> str:
     return ("(chance: a uniform guess, 1/4 on multiple choice, 1/(answers the question's template takes) when open;"
             " text only: the most common training answer of the question's template, no frames; perception: the"
             " open questions about the backdrop; *_swap: each question shown another video's frames, *_blank:"
-            " frames blanked)")
+            " frames blanked; *_thinking, after_rl_*: the held-out world's perception questions in thinking mode,"
+            " obs/resp: well-formed re-watch steps per answer, unsupported: their share the toy world contradicts,"
+            " vs_sft: an RL arm's accuracy minus the SFT weights', paired, with its standard error)")
+
+
+THINKING_BASE = "after_sft_thinking"  # the thinking-mode evaluation of the SFT weights, before RL
+
+
+def paired_difference(before: list[dict], after: list[dict]) -> tuple[float, float]:
+  """The accuracy difference between two evaluations of the same questions and its paired standard
+  error (McNemar's: from the questions one got right and the other wrong)."""
+  right = lambda rows: {p["id"]: p["score"] == 1.0 for p in rows}
+  a, b = right(before), right(after)
+  gained = sum(b[k] and not a[k] for k in a)
+  lost = sum(a[k] and not b[k] for k in a)
+  n = len(a)
+  return (gained - lost) / n, math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
 
 
 def guesser_rows(guessers: dict[str, dict], predictions: list[dict], perception: frozenset[str]) -> dict[str, dict]:
