@@ -66,7 +66,7 @@ def main() -> None:
       tfds_rewatch.prepare(data, "rl", qa, raw, spec, kind="rl", tokenizer=tokenizer or None, captions=captions)
     cfg.hooks, cfg.data.dir, cfg.tokenizer = "", data, tokenizer
     cfg.total_steps, cfg.epochs, cfg.log_every_steps, cfg.checkpoint_every_steps = 0, 0.0, 1, 10_000
-    cfg.rl.update(dict(steps=args.steps + 1, prompts_per_step=8, samples=args.samples,
+    cfg.rl.update(dict(steps=args.steps + 1, prompts_per_step=8, samples=args.samples, arms=(), eval_set="",
                        max_new_tokens=args.new_tokens, beta=0.01,
                        buckets=[dict(length=320, patches=256, frame_block=64, loss_tokens=1)]))
     run = resolve(cfg, os.path.join(work, f"run_{name}"))

@@ -83,7 +83,8 @@ def get_config(arg: str | None = None):
   c.rl.update(dict(steps=30, prompts_per_step=8, samples=8, max_new_tokens=96, learning_rate=2e-4, beta=0.0,
                    arms=("acc_fmt", "o_and_r"), eval_set="rl_eval"))
   if arg == "sft":
-    c.eval.enabled, c.pretrain.steps, c.rl.steps, c.demo.rl_test_videos, c.rl.eval_set = False, 0, 0, 0, ""
+    c.eval.enabled, c.pretrain.steps, c.demo.rl_test_videos = False, 0, 0
+    c.rl.update(dict(steps=0, arms=(), eval_set=""))  # (--config.rl.steps=N: one RL stage after the SFT)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} (use :sft or nothing)")
   return c

@@ -37,6 +37,17 @@ def test_sampler_benchmark_runs():
 
 
 @pytest.mark.slow
+def test_rl_step_benchmark_runs(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join("benchmarks", "rl_step.py"), "--videos", "4", "--steps", "1",
+                        "--samples", "2", "--new_tokens", "8", "--models", "demo", "--workdir", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "rollout %" in out.stdout and out.stdout.strip().splitlines()[-1].startswith("demo")
+
+
+@pytest.mark.slow
 def test_profile_script_maps_xla_ops_to_source_ops():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)

@@ -75,7 +75,7 @@ def rl_config(steps=3, **rl):
   c = small_sft_config()
   c.total_steps = 0  # RL alone, from the (random) initial weights
   c.log_every_steps, c.checkpoint_every_steps = 1, 2
-  c.rl.update(dict(dict(steps=steps, prompts_per_step=8, samples=4, max_new_tokens=24, log_rollouts=1,
+  c.rl.update(dict(dict(steps=steps, prompts_per_step=8, samples=4, max_new_tokens=24, log_rollouts=1, arms=(),
                         buckets=[dict(length=320, patches=256, frame_block=64, loss_tokens=1)]), **rl))
   return c
 

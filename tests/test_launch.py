@@ -19,10 +19,13 @@ def _train(*args):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-  """The README's main command, shrunk: toy data prepared, evaluated, trained, evaluated."""
+  """The README's main command, shrunk: toy data prepared, evaluated, trained, evaluated, then the
+  two RL arms, each scored in thinking mode on the held-out world."""
   args = ("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.demo.videos=3",
           "--config.pretrain.steps=2", "--config.pretrain.batch_size=4", "--config.total_steps=3",
-          "--config.log_every_steps=1", "--config.data.batch_size=4", "--config.eval.batch_size=8")
+          "--config.log_every_steps=1", "--config.data.batch_size=4", "--config.eval.batch_size=8",
+          "--config.demo.rl_test_videos=2", "--config.rl.steps=2", "--config.rl.prompts_per_step=2",
+          "--config.rl.samples=2", "--config.rl.max_new_tokens=8")
   out = _train(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
@@ -46,12 +49,19 @@ def test_demo_runs_end_to_end(tmp_path):
   stage = [json.loads(line) for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in stage] == [1, 2] and (tmp_path / "pretrain" / "checkpoints" / "2").exists()
   assert all({k for k in r if k.startswith("loss_")} == {"loss_perception"} for r in stage)
-  # the same command again finds both stages finished: nothing is trained twice, the same answers
-  logs = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("pretrain", ".")]
+  # RL: two arms from the SFT weights, the SFT weights and each arm scored on the held-out world
+  for name in ("after_sft_thinking", "after_rl_acc_fmt", "after_rl_o_and_r"):
+    assert {"accuracy", "n", "parsed_rate", "observations_per_response", "unsupported_observation_rate",
+            "stderr"} <= set(results[name]) and results[name]["n"] == results["after_sft_thinking"]["n"] > 0, name
+  assert "vs_sft" in results["after_rl_o_and_r"] and "after_rl_o_and_r" in out.stderr and "starts from" in out.stderr
+  # the same command again finds every stage finished: nothing is trained twice, the same answers
+  stages = ("pretrain", ".", "rl_acc_fmt", "rl_o_and_r")
+  logs = [(tmp_path / d / "metrics.jsonl").read_text() for d in stages]
   out = _train(*args)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert [(tmp_path / d / "metrics.jsonl").read_text() for d in ("pretrain", ".")] == logs
-  assert json.loads((tmp_path / "results.json").read_text())["after_sft"] == results["after_sft"]
+  assert [(tmp_path / d / "metrics.jsonl").read_text() for d in stages] == logs
+  again = json.loads((tmp_path / "results.json").read_text())
+  assert again["after_sft"] == results["after_sft"] and again["after_rl_o_and_r"] == results["after_rl_o_and_r"]
 
 
 def test_recipe_runs_as_users_launch_it(tmp_path):
@@ -123,11 +133,11 @@ def test_pretraining_stage_takes_its_own_batch_and_warm_up(prepared, tmp_path):
   from tests.conftest import resolved
   _, data_dir, tokenizer = prepared
   c = demo.get_config()
-  c.pretrain.batch_size, c.pretrain.warmup_steps = 16, 0
+  c.pretrain.batch_size, c.pretrain.warmup_steps, c.rl.steps = 16, 0, 0
   pretrain, sft = resolved(c, data_dir, tokenizer, str(tmp_path)).stages
   assert (pretrain.total_steps, pretrain.batch_size, pretrain.optimizer.warmup_steps) == (700, 16, 40)
   assert pretrain.task_weights == {"perception": 1.0} and sft.batch_size == 8
-  assert sft.task_weights == {"caption": 0.5, "qa": 2.0, "cot": 0.5, "perception": 1.0}
+  assert sft.task_weights == {"caption": 0.5, "qa": 2.0, "cot": 0.5, "perception": 1.0, "perception_cot": 1.0}
 
 
 @pytest.mark.parametrize("override, message", [("--config.pretrain.steps=-5", "pretrain.steps must be >= 0"),

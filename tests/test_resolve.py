@@ -52,6 +52,14 @@ STATIC = [
 ]
 
 
+def sft_demo():
+  """The demo's pretraining and SFT, evaluated: the stages these checks are about (its RL stages
+  have checks of their own, tests/test_grpo.py)."""
+  c = demo.get_config()
+  c.rl.steps = 0
+  return c
+
+
 def _set(c, key, value):
   *path, last = key.split(".")
   for part in path:
@@ -61,7 +69,7 @@ def _set(c, key, value):
 
 @pytest.mark.parametrize("key, value, message", STATIC, ids=[f"{k}={v}" for k, v, _ in STATIC])
 def test_each_check_names_the_key_and_the_fix(key, value, message, tmp_path):
-  c = demo.get_config()
+  c = sft_demo()
   c.demo.videos = 0
   _set(c, key, value)
   with pytest.raises(ConfigError) as e:
@@ -71,11 +79,11 @@ def test_each_check_names_the_key_and_the_fix(key, value, message, tmp_path):
 
 
 def test_both_initial_weights_and_a_mesh_too_small_for_the_batch(tmp_path):
-  c = demo.get_config()
+  c = sft_demo()
   c.init_from_hf, c.init_from_checkpoint = "/a", "/b"
   with pytest.raises(ConfigError, match="init_from_hf and init_from_checkpoint are both set: give one"):
     resolve.resolve(c, str(tmp_path))
-  c = demo.get_config()
+  c = sft_demo()
   c.data.batch_size = 4
   c.mesh.update(data=1, fsdp=8, tensor=1)
   with pytest.raises(ConfigError, match=r"data.batch_size 4 does not split .* use a multiple of 8, or shard"):
@@ -100,7 +108,7 @@ DATA = [  # (override, message) checked against the prepared data
 @pytest.mark.parametrize("key, value, message", DATA, ids=[f"{k}" for k, _, _ in DATA])
 def test_data_checks_name_the_key_and_the_fix(key, value, message, prepared, tmp_path):
   _, data_dir, tokenizer = prepared
-  c = demo.get_config()
+  c = sft_demo()
   c.demo.videos, c.data.dir, c.tokenizer = 0, data_dir, tokenizer
   _set(c, key, value)
   with pytest.raises(ConfigError) as e:
@@ -119,17 +127,18 @@ def test_a_set_the_weights_name_that_was_not_prepared(prepared, tmp_path):
 
 def test_derived_values_are_filled_and_recorded(prepared, tmp_path):
   _, data_dir, tokenizer = prepared
-  c = demo.get_config()
+  c = sft_demo()
   c.pretrain.batch_size, c.eval.batch_size, c.epochs = 0, 0, 2.0
   run = resolved(c, data_dir, tokenizer, str(tmp_path))
   r = run.config
-  sizes = {t: len(tfds_rewatch.data_sources(data_dir, t)[0][0]) for t in ("caption", "qa", "cot", "perception")}
+  sft_tasks = ("caption", "qa", "cot", "perception", "perception_cot")
+  sizes = {t: len(tfds_rewatch.data_sources(data_dir, t)[0][0]) for t in sft_tasks}
   assert r.total_steps == int(2 * sum(sizes.values()) / 8)  # epochs over the SFT's tasks
   assert (r.pretrain.batch_size, r.pretrain.warmup_steps) == (8, 150)
   assert r.eval.batch_size == 8 and r.eval.dir == data_dir and r.tokenizer == tokenizer
   assert r.compilation_cache_dir == ""  # not on the CPU backend
   assert [(s.name, s.tasks, s.total_steps, s.batch_size, s.optimizer.warmup_steps) for s in run.stages] == [
-      ("pretrain", ("perception",), 700, 8, 150), ("sft", ("caption", "qa", "cot", "perception"), r.total_steps, 8, 40)]
+      ("pretrain", ("perception",), 700, 8, 150), ("sft", sft_tasks, r.total_steps, 8, 40)]
   assert run.stages[0].workdir == f"{tmp_path}/pretrain" and run.stages[1].workdir == str(tmp_path)
   assert run.tokenizer_hash == chat.tokenizer_hash(chat.qwen_tokenizer(tokenizer))
   assert c.data.dir == data_dir and c.epochs == 2.0 and c.total_steps == 700  # the caller's config untouched
@@ -187,7 +196,7 @@ def test_evaluation_data_of_another_tokenizer_stops_and_of_another_spec_warns(pr
   work, data_dir, tokenizer = prepared
   toy = os.path.join(work, "data", "toy")
   test = list(records.read_jsonl(os.path.join(toy, "test_qa.jsonl")))[:8]
-  c = demo.get_config()
+  c = sft_demo()
   spec = VideoSpec(**c.video_spec)
   tfds_rewatch.prepare(str(tmp_path / "other_tok"), "qa_eval", test, toy, spec, tokenizer=other_tokenizer)
   c.eval.dir = str(tmp_path / "other_tok")
@@ -195,7 +204,7 @@ def test_evaluation_data_of_another_tokenizer_stops_and_of_another_spec_warns(pr
     resolved(c, data_dir, tokenizer, str(tmp_path / "a"))
   more_frames = VideoSpec(**{**spec.to_dict(), "max_frames": 8})
   tfds_rewatch.prepare(str(tmp_path / "other_spec"), "qa_eval", test, toy, more_frames, tokenizer=tokenizer)
-  c = demo.get_config()
+  c = sft_demo()
   c.eval.dir = str(tmp_path / "other_spec")
   with caplog.at_level(logging.WARNING):
     resolved(c, data_dir, tokenizer, str(tmp_path / "b"))  # allowed (the paper evaluates at 384 frames too)

@@ -279,7 +279,7 @@ def test_sigterm_in_pretraining_stops_there_and_the_rerun_finishes_both_stages(p
   run = str(tmp_path / "run")
   cmd = [sys.executable, "launch/train.py", "--config", "configs/demo.py", "--workdir", run,
          "--config.demo.videos=0", f"--config.data.dir={data_dir}", f"--config.tokenizer={tokenizer}",
-         "--config.eval.enabled=false", "--config.pretrain.steps=40", "--config.total_steps=3",
+         "--config.eval.enabled=false", "--config.pretrain.steps=40", "--config.total_steps=3", "--config.rl.steps=0",
          "--config.log_every_steps=1", "--config.checkpoint_every_steps=100"]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300

@@ -13,7 +13,8 @@ structure gives r_fmt = 0 and r_obs = r_rea = 0 (its spans cannot be trusted); a
 steps has r_obs = r_rea = 0; an observation whose span lies outside the video breaks the format.
 The judges are asked only where their term counts (a well-formed response with r_acc > 0), unless
 `judge_all` (to plot observation support for wrong answers and for the acc+fmt arm too). A judge
-failure leaves the sample unscored (reward NaN, `scored` False).
+failure leaves the sample unscored (reward NaN, `scored` False). An open answer the answer judge
+cannot judge keeps the rule's score (accuracy.py).
 """
 
 from __future__ import annotations

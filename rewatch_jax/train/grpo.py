@@ -23,7 +23,8 @@ The reference model is the stage's starting weights, kept in memory and rebuilt 
 came from on resume (the SFT stage's last checkpoint, init_from_checkpoint or init_from_hf), so
 checkpoints hold the policy, its optimizer, the step, the RNG and the data position, as SFT's do.
 A sample of each step's rollouts (prompt id, response, every reward component, advantage) goes to
-<workdir>/rl/rollouts.jsonl.
+<workdir>/rl/rollouts.jsonl. With several processes each decodes and scores its own prompts' samples
+(a prompt's group never spans two), and the reward metrics are process 0's.
 """
 
 from __future__ import annotations
@@ -258,8 +259,8 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     t = time.perf_counter()
     batch, meta = pipeline.to_global(next(data), mesh)
     prompts = batch["inputs"]
-    policy = for_sampling(trainable.model(state), mesh)  # laid out for decoding once a step
-    out = generate(policy, prompts, max_new_tokens=rl.max_new_tokens, stop_ids=stops, temperature=rl.temperature,
+    sampler = for_sampling(trainable.model(state), mesh)  # laid out for decoding once a step
+    out = generate(sampler, prompts, max_new_tokens=rl.max_new_tokens, stop_ids=stops, temperature=rl.temperature,
                    top_p=rl.top_p, top_k=rl.top_k, num_samples=rl.samples, mesh=mesh,
                    seed=(c.seed * 1_000_003 + index) % 2**31)  # a step's draws: the same on resume
     tokens, lengths = _local_rows(mesh, out.tokens, out.lengths)
