@@ -137,6 +137,7 @@ def test_mini_batches_and_several_updates_take_the_old_policy_from_a_forward(rl_
   assert row["time_reference"] < 0.05  # beta = 0: no reference model
 
 
+@pytest.mark.slow  # (the default suite runs both arms through launch/train.py: test_launch's demo test)
 def test_sft_then_two_rl_arms_from_the_same_weights_each_scored_in_thinking_mode(rl_prepared, tmp_path):
   from rewatch_jax.train import driver
   work, data_dir, tokenizer = rl_prepared
