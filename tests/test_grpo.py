@@ -14,7 +14,7 @@ import pytest
 from rewatch_jax.data import records, tfds_rewatch
 from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.generate import generate
-from rewatch_jax.train import grpo, loop
+from rewatch_jax.train import grpo
 from rewatch_jax.train import state as train_state
 from rewatch_jax.train.resolve import ConfigError
 from tests.conftest import resolved, small_sft_config
@@ -182,8 +182,6 @@ def test_the_reward_switches_are_checked(rl_prepared, tmp_path):
   c = rl_config()
   assert resolved(c, data_dir, tokenizer, str(tmp_path)).config.rl.reward.tolerance == 2.0  # one frame at 0.5 fps
 
-
-del loop  # (imported for the reader: the loop grpo.train runs)
 
 
 def test_an_update_moves_probability_towards_positive_advantages(rl_prepared):
