@@ -163,24 +163,25 @@ def test_sft_then_two_rl_arms_from_the_same_weights_each_scored_in_thinking_mode
     ("loss_agg", "mean", "rl.loss_agg must be one of"), ("kl", "k4", "rl.kl must be one of"),
     ("prompts_per_step", 12, "rl.prompts_per_step 12 must split"), ("top_p", 0.0, "rl.top_p"),
     ("set", "qa", "not a prompt set for RL"), ("arms", ("o_and_r", "o_and_r"), "rl.arms must be distinct"),
-    ("eval_set", "caption", "rl.eval_set"),
+    ("eval_set", "caption", "rl.eval_set"), ("reward.kind", "o&r", "rl.reward.kind must be one of"),
+    ("reward.judge", "judges", "rl.reward.judge must be"),
+    ("reward.judge", "rewatch_jax.demo.judges:Nope", "rl.reward.judge: cannot load"),
 ])
 def test_rl_config_checks_name_the_key(rl_prepared, tmp_path, key, value, message):
   work, data_dir, tokenizer = rl_prepared
   c = rl_config()
-  c.rl[key] = value
+  *path, last = key.split(".")
+  section = c.rl
+  for part in path:
+    section = section[part]
+  section[last] = value
   with pytest.raises(ConfigError, match=message):
     resolved(c, data_dir, tokenizer, str(tmp_path))
 
 
-def test_the_reward_switches_are_checked(rl_prepared, tmp_path):
+def test_the_judges_span_tolerance_defaults_to_one_frame_interval(rl_prepared, tmp_path):
   work, data_dir, tokenizer = rl_prepared
-  c = rl_config()
-  c.rl.reward.kind = "o&r"
-  with pytest.raises(ConfigError, match="rl.reward.kind"):
-    resolved(c, data_dir, tokenizer, str(tmp_path))
-  c = rl_config()
-  assert resolved(c, data_dir, tokenizer, str(tmp_path)).config.rl.reward.tolerance == 2.0  # one frame at 0.5 fps
+  assert resolved(rl_config(), data_dir, tokenizer, str(tmp_path)).config.rl.reward.tolerance == 2.0  # 0.5 fps
 
 
 

@@ -15,6 +15,7 @@ restores exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple
 import grain
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rewatch_jax.data import processor, tfds_rewatch
 from rewatch_jax.data.batching import TOKENS, Bucket, Collate, needs_of_shapes
@@ -244,6 +246,30 @@ def batch_shardings(mesh: jax.sharding.Mesh, frame_block: int, batch_axes=BATCH_
                        pixel_values=spec(b), vision_rotary_ids=spec(b), window_segment=spec(b),
                        frame_segment=spec(b), vision_token_index=spec(b), frame_block=frame_block)
   return dict(inputs=inputs, loss_index=spec(b), loss_targets=spec(b), loss_weights=spec(b), task=spec(b))
+
+
+def rows_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Rows split over the mesh's batch axes (as a batch's), anything after them whole."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(a for a in BATCH_AXES
+                                                                           if a in mesh.axis_names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _laid_out_by_rows(mesh: jax.sharding.Mesh):
+  return jax.jit(lambda xs: xs, out_shardings=rows_sharding(mesh))  # (compiled once a mesh and shape)
+
+
+def rows_to_host(arrays, mesh: jax.sharding.Mesh) -> list[np.ndarray]:
+  """This process's rows of global arrays whose first dimension is batch rows (generated tokens,
+  say), on the host: the inverse of placing them with `to_global` / `rows_to_global`."""
+  placed = _laid_out_by_rows(mesh)(tuple(arrays))
+  return [np.asarray(x) for x in multihost_utils.global_array_to_host_local_array(placed, mesh,
+                                                                                  rows_sharding(mesh).spec)]
+
+
+def rows_to_global(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """This process's rows of host arrays -> global arrays split over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(rows_sharding(mesh), v) for k, v in arrays.items()}
 
 
 def to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict]:

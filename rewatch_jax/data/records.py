@@ -55,7 +55,9 @@ def parse_timestamp(text: str) -> float:
   return float(value)
 
 
-_SEGMENT = re.compile(r"^\s*\[\s*(\d+(?::\d+){1,2})\s*-\s*(\d+(?::\d+){1,2})\s*\]\s*(.+?)\s*$")
+# a time span "[MM:SS-MM:SS]" (or HH:MM:SS), as captions and CoT observations open with it
+SPAN = r"\[\s*(\d+(?::\d+){1,2})\s*-\s*(\d+(?::\d+){1,2})\s*\]"
+_SEGMENT = re.compile(rf"^\s*{SPAN}\s*(.+?)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)

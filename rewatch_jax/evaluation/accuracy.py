@@ -22,8 +22,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rewatch_jax.data import pipeline, tfds_rewatch
@@ -53,8 +51,6 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
   check_batch(batch_size, mesh)
   pc = pipeline.PipelineConfig(data_dir=data_dir, batch_size=batch_size // jax.process_count(), buckets=buckets,
                                pad_id=pad_id)
-  rows_spec = jax.sharding.PartitionSpec(tuple(a for a in pipeline.BATCH_AXES if a in mesh.axis_names))
-  gather = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(mesh, rows_spec))
   predictions, swapped, batches = [], 0, 0
   order = dict(shuffle_seed=seed) if ablation == "swap" else {}
   total = -(-len(pipeline.source(data_dir, name)) // batch_size)
@@ -71,8 +67,7 @@ def evaluate(model, data_dir: str, name: str, tokenizer, buckets: Sequence[Bucke
       swapped += moved
     placed, _ = pipeline.to_global(dict(inputs=inputs), mesh)
     out = generate(model, placed["inputs"], max_new_tokens=max_new_tokens, stop_ids=stop_ids, mesh=mesh)  # greedy
-    tokens, lengths = jax.tree.map(np.asarray, multihost_utils.global_array_to_host_local_array(
-        gather((out.tokens, out.lengths)), mesh, rows_spec))
+    tokens, lengths = pipeline.rows_to_host((out.tokens, out.lengths), mesh)
     rows = []
     for row, length, rec, caption in zip(tokens, lengths, records, captions):
       stopped = row[length - 1] in stop_ids

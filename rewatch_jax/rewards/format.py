@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from rewatch_jax.data.records import RecordError, parse_timestamp
+from rewatch_jax.data.records import SPAN, RecordError, parse_timestamp
 
 _TAG = re.compile(r"<(/?)(action|observation|answer)>")
-_SPAN = re.compile(r"^\s*\[\s*(\d+(?::\d+){1,2})\s*-\s*(\d+(?::\d+){1,2})\s*\]\s*(.*)$", re.S)
+_SPAN = re.compile(rf"^\s*{SPAN}\s*(.*)$", re.S)
 ROUNDING = 1.0  # seconds a span's end may pass the duration by (timestamps are whole seconds)
 
 

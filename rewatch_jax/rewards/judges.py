@@ -26,7 +26,8 @@ from collections.abc import Sequence
 
 from rewatch_jax.data.chat import question_text
 from rewatch_jax.data.records import QARecord, Segment, format_timestamp, parse_caption
-from rewatch_jax.rewards.answers import normalise
+from rewatch_jax.hosted import ClientConfig, HostedClient, Request
+from rewatch_jax.rewards.answers import normalise, parse_answer
 from rewatch_jax.rewards.format import Step
 
 
@@ -40,7 +41,8 @@ class Item:
 
 
 class Judge:
-  """The interface (see the module docstring); the defaults judge nothing."""
+  """The interface (see the module docstring): a judge answers `observations` and `reasoning`;
+  `answers` is optional (by default every open answer is left to the rule)."""
 
   def observations(self, items: Sequence[Item]) -> list[list[bool] | None]:
     raise NotImplementedError
@@ -117,7 +119,6 @@ class HostedJudge(Judge):
 
   @classmethod
   def from_config(cls, config) -> HostedJudge:
-    from rewatch_jax.hosted import ClientConfig, HostedClient
     h = config.rl.reward.hosted
     client = HostedClient(ClientConfig(base_url=h.base_url, api_key_env=h.api_key_env,
                                        max_concurrency=h.max_concurrency, requests_per_minute=h.requests_per_minute,
@@ -126,7 +127,6 @@ class HostedJudge(Judge):
     return cls(client, h.model, config.rl.reward.tolerance)
 
   def _ask(self, prompts: list[str], max_tokens: int = 4) -> list:
-    from rewatch_jax.hosted import Request
     params = dict(temperature=0.0, max_tokens=max_tokens)
     return self.client.run([Request(self.model, [{"role": "user", "content": p}], params) for p in prompts])
 
@@ -149,7 +149,6 @@ class HostedJudge(Judge):
     return out
 
   def reasoning(self, items: Sequence[Item]) -> list[bool | None]:
-    from rewatch_jax.rewards.answers import parse_answer
     prompts = [INFER_PROMPT.format(question=question_text(item.record), observations="\n".join(
         f"- [{format_timestamp(s.start)}-{format_timestamp(s.end)}] {s.observation}" for s in item.steps))
         for item in items]

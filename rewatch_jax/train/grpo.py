@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from rewatch_jax.checkpoint import TrainCheckpointer
 from rewatch_jax.data import chat, pipeline, records
@@ -49,7 +48,7 @@ from rewatch_jax.models.sharding import axis_rules
 from rewatch_jax.rewards import CaptionJudge, HostedJudge, Judge, RewardConfig, Sample, reward
 from rewatch_jax.train import loop
 from rewatch_jax.train import state as train_state
-from rewatch_jax.train.resolve import Run, Stage
+from rewatch_jax.train.resolve import Run, Stage, load_attribute
 from rewatch_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -222,8 +221,7 @@ def make_judge(run: Run) -> Judge:
     return CaptionJudge(tolerance=run.config.rl.reward.tolerance)
   if spec == "hosted":
     return HostedJudge.from_config(run.config)
-  module, _, attribute = spec.partition(":")
-  return getattr(__import__(module, fromlist=[attribute]), attribute)(run.config)
+  return load_attribute(spec, "rl.reward.judge")(run.config)
 
 
 def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25VL, loop.Result]:
@@ -263,7 +261,7 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     out = generate(sampler, prompts, max_new_tokens=rl.max_new_tokens, stop_ids=stops, temperature=rl.temperature,
                    top_p=rl.top_p, top_k=rl.top_k, num_samples=rl.samples, mesh=mesh,
                    seed=(c.seed * 1_000_003 + index) % 2**31)  # a step's draws: the same on resume
-    tokens, lengths = _local_rows(mesh, out.tokens, out.lengths)
+    tokens, lengths = pipeline.rows_to_host((out.tokens, out.lengths), mesh)
     times["rollout"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -282,7 +280,7 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
       weight = weight * ~truncated
     times["rewards"] = time.perf_counter() - t
 
-    rows = _global_rows(mesh, dict(advantages=adv, weights=weight))
+    rows = pipeline.rows_to_global(dict(advantages=adv, weights=weight), mesh)
     train_batch = dict(prompts=prompts, responses=out.tokens, lengths=out.lengths, sampler_logprobs=out.logprobs,
                        **rows)
     t = time.perf_counter()
@@ -329,26 +327,8 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     return row
 
   state, result = loop.run(state, step, name=stage.name, workdir=stage.workdir, total_steps=stage.total_steps,
-                           checkpointer=checkpointer, data=data, summarize=summarize, log_every=c.log_every_steps,
-                           checkpoint_every=c.checkpoint_every_steps, max_bad_steps=c.max_bad_steps,
-                           profile_start=c.profile.start, profile_steps=c.profile.steps)
+                           checkpointer=checkpointer, data=data, summarize=summarize, **loop.cadence(c))
   return trainable.model(state), result
-
-
-def _rows_spec(mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
-  return jax.sharding.PartitionSpec(tuple(a for a in pipeline.BATCH_AXES if a in mesh.axis_names))
-
-
-def _local_rows(mesh: jax.sharding.Mesh, *arrays: jax.Array) -> list[np.ndarray]:
-  """This process's rows of global rollout arrays, on the host (its own prompts' samples)."""
-  spec = _rows_spec(mesh)
-  placed = jax.jit(lambda *xs: xs, out_shardings=jax.sharding.NamedSharding(mesh, spec))(*arrays)
-  return [np.asarray(x) for x in multihost_utils.global_array_to_host_local_array(placed, mesh, spec)]
-
-
-def _global_rows(mesh: jax.sharding.Mesh, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  sharding = jax.sharding.NamedSharding(mesh, _rows_spec(mesh))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
 
 
 class RolloutLog:

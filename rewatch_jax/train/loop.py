@@ -63,6 +63,13 @@ def restore(checkpointer: TrainCheckpointer, state: TrainState, data: Iterator,
   return state, data
 
 
+def cadence(config) -> dict[str, int]:
+  """`run`'s logging, checkpoint, non-finite and profiler settings from a run's config."""
+  return dict(log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+              max_bad_steps=config.max_bad_steps, profile_start=config.profile.start,
+              profile_steps=config.profile.steps)
+
+
 def run(state: TrainState, step: Callable[[TrainState, int], tuple[TrainState, dict, dict]], *, name: str, workdir: str,
         total_steps: int, checkpointer: TrainCheckpointer, data: Iterator,
         summarize: Callable[[list[Logged], float], dict[str, float]], log_every: int, checkpoint_every: int,

@@ -312,15 +312,17 @@ def _model(c) -> ModelConfig:
   return loaded
 
 
-def _hooks(c) -> Hooks:
-  if not c.hooks:
-    return Hooks(c)
-  module, _, attribute = c.hooks.partition(":")
+def load_attribute(spec: str, key: str):
+  """The object a config's "module:attribute" names (hooks, judges); ConfigError naming `key`."""
+  module, _, attribute = spec.partition(":")
   try:
-    cls = getattr(importlib.import_module(module), attribute)
+    return getattr(importlib.import_module(module), attribute)
   except (ImportError, AttributeError, ValueError) as e:
-    raise ConfigError(f"hooks: cannot load {c.hooks!r} ({e}); give 'module:Class' of a Hooks subclass") from None
-  return cls(c)
+    raise ConfigError(f"{key}: cannot load {spec!r} ({e}); give 'module:Class'") from None
+
+
+def _hooks(c) -> Hooks:
+  return load_attribute(c.hooks, "hooks")(c) if c.hooks else Hooks(c)
 
 
 def _tasks(weights, key: str) -> tuple[str, ...]:
@@ -381,9 +383,11 @@ def _check_rl(c, mesh) -> None:
       raise ConfigError(f"{key} must be one of {allowed}, got {_get(c, key)!r}")
   if any(arm not in o_and_r.KINDS for arm in r.arms) or len(set(r.arms)) != len(r.arms):
     raise ConfigError(f"rl.arms must be distinct reward kinds of {o_and_r.KINDS}, got {tuple(r.arms)}")
-  if r.reward.judge not in ("caption", "hosted") and ":" not in r.reward.judge:
-    raise ConfigError(f"rl.reward.judge must be \"caption\", \"hosted\" or \"module:attribute\" of a "
-                      f"rewards.judges.Judge, got {r.reward.judge!r}")
+  if r.reward.judge not in ("caption", "hosted"):
+    if ":" not in r.reward.judge:
+      raise ConfigError(f"rl.reward.judge must be \"caption\", \"hosted\" or \"module:attribute\" of a "
+                        f"rewards.judges.Judge, got {r.reward.judge!r}")
+    load_attribute(r.reward.judge, "rl.reward.judge")  # loads, before anything runs
   rows, processes = pipeline.batch_rows(mesh), jax.process_count()
   if r.prompts_per_step % (processes * r.mini_batches) or (r.prompts_per_step // r.mini_batches) % rows:
     raise ConfigError(f"rl.prompts_per_step {r.prompts_per_step} must split into rl.mini_batches ({r.mini_batches}) "

@@ -124,9 +124,7 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     return row
 
   state, result = loop.run(state, step, name=stage.name, workdir=stage.workdir, total_steps=stage.total_steps,
-                           checkpointer=checkpointer, data=data, summarize=summarize, log_every=c.log_every_steps,
-                           checkpoint_every=c.checkpoint_every_steps, max_bad_steps=c.max_bad_steps,
-                           profile_start=c.profile.start, profile_steps=c.profile.steps)
+                           checkpointer=checkpointer, data=data, summarize=summarize, **loop.cadence(c))
   return trainable.model(state), result
 
 

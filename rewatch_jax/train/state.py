@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class TrainState:
   params: Any  # nnx.State of the model's nnx.Param variables
   opt_state: Any
-  step: jax.Array  # int32: updates taken (a skipped non-finite step counts too)
+  step: jax.Array  # int32: trainer steps taken (SFT: one update each; GRPO: its mini-batch updates; skipped ones too)
   rng: jax.Array  # uint32 key data
   bad_streak: jax.Array  # int32: consecutive non-finite steps
   max_bad_streak: jax.Array  # int32: the longest such run so far (the loop stops past max_bad_steps)
