@@ -1,7 +1,8 @@
 """The toy world's judges: the true CoT traces of many worlds are supported throughout (but for
-words the sampled frames never show), their hallucinated variants are not (but for claims true of
-another event between the same frames); the reader answers the perception questions from the
-observations alone."""
+words the sampled frames never show), their hallucinated variants are not (a false, misplaced or
+invented observation: but for claims true of another event between the same frames; a dropped one:
+the reader cannot answer); the reader answers the perception questions from the observations alone;
+O&R ranks every true perception trace above each of its hallucinations, acc+fmt cannot."""
 
 import pytest
 
@@ -37,12 +38,13 @@ def test_true_traces_are_supported_and_hallucinated_ones_are_not():
     unseen = [x for x in world.texts if not any(x.start <= t < x.end for t in judge.frames(world))]
     assert unseen and any(f"the {x.word} is shown" in r.reasoning for x in unseen), r.reasoning
   assert len(bad) < 0.01 * len(true)
-  # A falsified claim can still be true at the model's resolution: another shape enters, or turns
-  # that colour, between the same two sampled frames ("known ambiguities", RL_TOYWORLD_NOTES): a
-  # few in a hundred.
-  verdicts = judge.observations(items(fake))
-  passed = [r.reasoning for r, v in zip(fake, verdicts) if all(v)]
-  assert len(passed) < 0.02 * len(fake), passed[:3]
+  # A false, misplaced or invented claim can still be true at the model's resolution: another
+  # shape enters, or turns that colour, between the same two sampled frames ("known ambiguities",
+  # RL_TOYWORLD_NOTES): a few in a hundred.
+  for kind in ("content", "time", "invented"):
+    recs = [r for r in fake if r.lineage.extra["hallucinated"] == kind]
+    passed = [r.reasoning for r, v in zip(recs, judge.observations(items(recs))) if all(v)]
+    assert len(recs) > 300 and len(passed) < 0.02 * len(recs), (kind, len(passed), passed[:3])
   assert len(true) > 500
 
 
@@ -72,15 +74,20 @@ def test_claims_and_the_reader_on_hand_written_observations():
 
 @pytest.mark.parametrize("kind", ["o_and_r", "acc_fmt"])
 def test_the_toy_judge_drives_the_reward(kind):
-  judge, true, fake = judge_and_traces(5)
-  pairs = [(t, f) for t, f in zip(true, fake) if t.question in toyworld.PERCEPTION_QUESTIONS]
-  t, f = pairs[0]
-  honest, hallucinated = reward([Sample(t, "", t.reasoning), Sample(f, "", f.reasoning)], judge, RewardConfig(kind=kind))
-  assert honest["accuracy"] == hallucinated["accuracy"] == 1.0
-  if kind == "o_and_r":
-    assert honest["reward"] == 4.0 and hallucinated["reward"] < honest["reward"]
+  judge, true, fake = judge_and_traces(20)
+  perception = lambda r: r.question in toyworld.PERCEPTION_QUESTIONS
+  honest = {(r.video, r.question, r.form): r for r in true if perception(r)}
+  fakes = [r for r in fake if perception(r)]
+  assert {r.lineage.extra["hallucinated"] for r in fakes} == set(toyworld.HALLUCINATIONS)
+  scored = reward([Sample(r, "", r.reasoning) for r in [*honest.values(), *fakes]], judge, RewardConfig(kind=kind))
+  assert all(s["accuracy"] == 1.0 and s["format"] == 1.0 for s in scored)
+  top = {"o_and_r": 4.0, "acc_fmt": 2.0}[kind]
+  assert all(s["reward"] == top for s in scored[:len(honest)])
+  if kind == "o_and_r":  # every hallucination of every kind costs reward
+    assert all(s["reward"] < top for s in scored[len(honest):]), [
+        (r.lineage.extra, r.reasoning) for r, s in zip(fakes, scored[len(honest):]) if s["reward"] == top][:3]
   else:
-    assert honest["reward"] == hallucinated["reward"] == 2.0  # the baseline cannot tell them apart
+    assert all(s["reward"] == top for s in scored)  # the baseline cannot tell them apart
 
 
 def test_paired_difference_counts_questions_gained_and_lost():

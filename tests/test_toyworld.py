@@ -10,6 +10,7 @@ import pytest
 from rewatch_jax.data import records
 from rewatch_jax.data.video import VideoSpec, load_video, sample_indices, smart_nframes
 from rewatch_jax.demo import toyworld
+from rewatch_jax.rewards import check_format
 
 
 def test_deterministic():
@@ -50,8 +51,9 @@ def test_backdrop_changes_between_frame_pairs():
     for t in np.arange(0, w.duration, 0.5):
       colours, counts = np.unique(toyworld.render_frame(w, t).reshape(-1, 3), axis=0, return_counts=True)
       assert tuple(colours[counts.argmax()]) == toyworld.BACKDROPS[w.backdrop_at(t)], (seed, t)
-    total = int(w.duration * w.fps)
-    times = sample_indices(total, smart_nframes(spec, total, w.fps)) / w.fps
+    times = np.asarray(w.frames)
+    assert np.array_equal(times, sample_indices(int(w.duration * w.fps), smart_nframes(spec, int(w.duration * w.fps),
+                                                                                       w.fps)) / w.fps)
     pairs = [{w.backdrop_at(x) for x in times[j:j + 2]} for j in range(0, len(times), 2)]
     assert all(len(p) == 1 for p in pairs), (seed, w.backdrops)
     changes += len(w.backdrops) - 1
@@ -70,23 +72,36 @@ def test_captions_cover_the_video_and_records_validate():
 
 
 def test_questions_span_the_rewatch_types_and_need_the_video():
-  types = collections.Counter()
+  types, kinds = collections.Counter(), collections.Counter()
   for seed in range(30):
     w = toyworld.generate(seed)
     qas, cots, fakes = toyworld.qa_records(w, "v.mp4", seed)
-    assert len(cots) == len(qas) == len(fakes)
+    assert len(cots) == len(qas)
     for qa in qas:
       types[qa.question_type] += 1
       if qa.form == "mc":
         assert len(qa.options) == 4 and list(qa.options).count(qa.answer_text) == 1
       if " or " not in qa.question:  # either/or questions name both choices by design
         assert not re.search(rf"\b{re.escape(qa.answer_text.lower())}\b", qa.question.lower())  # not given away
-    for true, fake in zip(cots, fakes):
-      assert true.answer == fake.answer and true.reasoning != fake.reasoning
-      obs_t = [o for o in true.reasoning.split("<observation>")[1:]]
-      obs_f = [o for o in fake.reasoning.split("<observation>")[1:]]
-      assert sum(a != b for a, b in zip(obs_t, obs_f)) == 1
+    for true in cots:  # each hallucinated variant differs from its true trace as its kind says
+      variants = {f.lineage.extra["hallucinated"]: f for f in fakes if (f.question, f.form) == (true.question, true.form)}
+      assert {"content", "invented"} <= set(variants) <= set(toyworld.HALLUCINATIONS)
+      steps = lambda r: [(s.start, s.end, s.observation) for s in check_format(r.reasoning, r.duration).steps]
+      t = steps(true)
+      for kind, fake in variants.items():
+        kinds[kind] += 1
+        f = steps(fake)
+        assert fake.answer == true.answer and check_format(fake.reasoning, fake.duration).ok
+        if kind == "content":
+          assert f[:-1] == t[:-1] and f[-1][:2] == t[-1][:2] and f[-1][2] != t[-1][2]
+        elif kind == "time":
+          assert f[:-1] == t[:-1] and f[-1][2] == t[-1][2] and f[-1][:2] != t[-1][:2]
+        elif kind == "invented":
+          assert len(f) == len(t) + 1 and [x for x in f if x in t] == t
+        else:
+          assert f == t[:-1] and len(t) >= 2
   assert len(types) >= 9, types  # all ten ReWatch types except what a world happens to lack
+  assert min(kinds[k] for k in toyworld.HALLUCINATIONS) > 50, kinds
   assert types["counting"] and types["reading"] and types["counterfactual"]
 
 

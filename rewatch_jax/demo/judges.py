@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rewatch_jax.data.video import VideoSpec, sample_indices, smart_nframes
+from rewatch_jax.data.video import VideoSpec
 from rewatch_jax.demo import toyworld
 from rewatch_jax.rewards.answers import normalise
 from rewatch_jax.rewards.format import Step
@@ -88,8 +88,7 @@ class ToyJudge(Judge):
 
   def frames(self, world: toyworld.World) -> np.ndarray:
     """The times of the frames the model sees."""
-    total = int(round(world.duration * world.fps))
-    return sample_indices(total, smart_nframes(self.spec, total, world.fps)) / world.fps
+    return np.asarray(world.frames)
 
   def observations(self, items: Sequence[Item]) -> list[list[bool]]:
     out = []

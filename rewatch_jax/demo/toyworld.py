@@ -4,7 +4,7 @@ Coloured shapes enter, move, change colour or size, pass behind each other and l
 words are shown for a while; the background (the backdrop) changes colour up to twice. Each video
 is 8-30 s of small frames, written as real H.264 mp4 by ffmpeg. Because the event log is exact,
 captions, QA and CoT traces are true by construction, and deliberately hallucinated CoT variants
-(false observations, right answer) test the O&R reward.
+(a false, misplaced, invented or missing observation; the right answer) test the O&R reward.
 Everything is deterministic from the seed.
 """
 
@@ -46,8 +46,9 @@ BACKDROPS = {"navy": (20, 25, 90), "maroon": (90, 20, 25), "olive": (75, 75, 15)
              "grey": (85, 85, 85), "black": (5, 5, 5)}
 # v2: answers not guessable from the text (see tests); v3: a backdrop that changes colour, and
 # "perception" questions about it (a scene-wide attribute read at a named moment: no binding of
-# attributes to objects, so a tiny model learns to read it on a CPU; docs/notes/demo_experiments.md)
-GENERATOR = "toyworld-v3"
+# attributes to objects, so a tiny model learns to read it on a CPU; docs/notes/demo_experiments.md);
+# v4: CoT spans on the grid of sampled frames, hallucinated traces of four kinds (the QA are v3's)
+GENERATOR = "toyworld-v4"
 # The perception questions (their open form also written on its own as {split}_perception.jsonl:
 # open answers teach a read that multiple choice, one binding step more, does not): one scene-wide
 # colour, read at the moment the question names.
@@ -127,6 +128,7 @@ class World:
   shapes: list[Shape]
   texts: list[Text]
   backdrops: list[tuple[float, str]]  # (from time, backdrop name), the first from 0
+  frames: tuple[float, ...] = ()  # the times of the frames the model sees (the VideoSpec's sampling)
 
   def backdrop_at(self, t: float) -> str:
     return [name for start, name in self.backdrops if start <= t][-1]
@@ -186,17 +188,22 @@ def generate(seed: int, width: int = 160, height: int = 120, fps: int = 10,
     word = str(rng.integers(0, 10)) if rng.random() < 0.5 else WORDS[rng.integers(len(WORDS))]
     start = float(np.round(rng.uniform(0, duration - 3), 1))
     texts.append(Text(word, start, float(np.round(start + rng.uniform(2, 4), 1)), ("top", "bottom")[k % 2]))
+  frames = sampled_times(duration, fps, spec)
   return World(f"toy-{seed:06d}", duration, fps, width, height, shapes, texts,
-               _backdrops(np.random.default_rng([seed, 1]), duration, fps, spec))
+               _backdrops(np.random.default_rng([seed, 1]), frames), tuple(frames.tolist()))
 
 
-def _backdrops(rng, duration: float, fps: int, spec: VideoSpec) -> list[tuple[float, str]]:
-  """A starting backdrop and 0-2 changes (uniformly), each at a gap between two frame pairs that
-  `spec` samples, so that every merged visual token shows one backdrop (the Qwen2.5-VL patch spans
+def sampled_times(duration: float, fps: int, spec: VideoSpec) -> np.ndarray:
+  """The times (s) of the frames `spec` samples from a video of `duration` at `fps`."""
+  total = int(round(duration * fps))
+  return sample_indices(total, smart_nframes(spec, total, fps)) / fps
+
+
+def _backdrops(rng, times: np.ndarray) -> list[tuple[float, str]]:
+  """A starting backdrop and 0-2 changes (uniformly), each at a gap between two pairs of the sampled
+  frame `times`, so that every merged visual token shows one backdrop (the Qwen2.5-VL patch spans
   two frames; a change inside a pair would blend two colours in one token). Drawn from their own
   random stream, so the shapes and texts of a seed are those of toyworld-v2."""
-  total = int(round(duration * fps))
-  times = sample_indices(total, smart_nframes(spec, total, fps)) / fps
   gaps = [float(np.round((times[j - 1] + times[j]) / 2, 1)) for j in range(2, len(times) - 1, 2)]
   names = list(BACKDROPS)
   out = [(0.0, names[rng.integers(len(names))])]
@@ -288,10 +295,39 @@ def caption(world: World, video: str) -> CaptionRecord:
 
 @dataclasses.dataclass
 class Fact:
-  """One true observation backing a QA answer: where to look and what is there."""
+  """One true observation backing a QA answer: what is there, and when. An event happens `at` a
+  moment ([start, end] around it); a state holds over [start, end] (the window to look at) and,
+  where it lasts longer, over `holds`."""
   start: float
   end: float
   text: str
+  at: float | None = None
+  holds: tuple[float, float] | None = None
+
+  def span(self, frames: np.ndarray, duration: float) -> tuple[int, int]:
+    """Where a trace looks for it, on the grid of frames the model sees, in whole seconds: an event
+    between the sampled frames around it (it cannot be placed more finely), a state over the
+    sampled frames in its window (the nearest frame where the window holds none)."""
+    if self.at is not None:
+      before, after = frames[frames < self.at], frames[frames >= self.at]
+      lo, hi = (before[-1] if len(before) else 0.0), (after[0] if len(after) else duration)
+    else:
+      inside = frames[(frames >= self.start) & (frames <= self.end)]
+      if not len(inside):
+        inside = frames[[np.argmin(np.abs(frames - (self.start + self.end) / 2))]]
+      lo, hi = inside[0], inside[-1]
+    a, b = int(np.floor(lo)), min(int(np.ceil(hi)), int(np.ceil(duration)))
+    return a, max(b, a + 1)
+
+  def false_over(self, lo: float, hi: float, frames: np.ndarray) -> bool:
+    """Whether the fact is contradicted over the span [lo, hi]: an event happens between neither the
+    sampled frames of the span nor those next to it (the slack the toy judge gives an event); a state
+    holds at none of the sampled frames in the span."""
+    if self.at is not None:
+      before, after = frames[frames < lo], frames[frames > hi]
+      return not ((before[-1] if len(before) else -np.inf) <= self.at <= (after[0] if len(after) else np.inf))
+    a, b = self.holds or (self.start, self.end)
+    return not any(a <= t <= b for t in frames if lo <= t <= hi)
 
 
 def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[Fact]]]:
@@ -301,7 +337,7 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
   visible = [s for s in shapes if s.enter_t < d]
   # counting: all shapes, and shapes of one kind (possibly none); MC distractors are drawn at random
   # so that the option set does not give the count away
-  facts = [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible]
+  facts = [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters", at=s.enter_t) for s in visible]
   kind = SHAPES[rng.integers(len(SHAPES))]
   for what, n in (("shapes", len(visible)), (f"{kind}s", sum(s.shape == kind for s in visible))):
     out.append(("counting", f"How many {what} enter the scene during the video?", str(n),
@@ -319,25 +355,28 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
       t, c = s.colour_change
       out.append(("state_change", f"The {s.shape} that enters at {format_timestamp(s.enter_t)} changes colour. "
                   f"What colour does it become?", c, [x for x in COLOURS if x not in (c, s.colour)],
-                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it turns {c}")]))
+                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters", at=s.enter_t),
+                   Fact(t - 0.5, t + 0.5, f"it turns {c}", at=t)]))
       if sum(o.colour_change is not None and o.colour_change[1] == c for o in visible) == 1:
         out.append(("object_recognition", f"Which shape turns {c} during the video?", s.shape,
                     [x for x in SHAPES if x != s.shape] + ["none"],
-                    [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}")]))
+                    [Fact(t - 0.5, t + 0.5, f"the {s.shape} turns {c}", at=t)]))
     if s.size_change and s.size_change[0] < min(s.leave_t, d):
       t, z = s.size_change
       out.append(("state_change", f"Does the {s.colour} {s.shape} become larger or smaller?",
                   "larger" if z == "large" else "smaller",
                   ["larger" if z != "large" else "smaller", "neither", "it disappears"],
-                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters"), Fact(t - 0.5, t + 0.5, f"it becomes {z}")]))
+                  [Fact(s.enter_t, s.enter_t + 1, f"{first} enters", at=s.enter_t),
+                   Fact(t - 0.5, t + 0.5, f"it becomes {z}", at=t)]))
     if s.leave_t < d:
       out.append(("event_localization", f"When does the {s.label(s.leave_t, with_size=False)} leave the scene?"
                   " Answer with MM:SS.", format_timestamp(s.leave_t),
                   _nearby_times(s.leave_t, d, rng),
-                  [Fact(s.leave_t - 1, s.leave_t + 0.5, f"the {s.label(s.leave_t)} leaves on the {s.leave_side}")]))
+                  [Fact(s.leave_t - 1, s.leave_t + 0.5, f"the {s.label(s.leave_t)} leaves on the {s.leave_side}",
+                        at=s.leave_t)]))
     out.append(("spatial", f"From which side does the {s.label(s.enter_t, with_size=False)} enter?",
                 s.enter_side, [x for x in SIDES if x != s.enter_side],
-                [Fact(s.enter_t, s.enter_t + 1, f"{first} enters from the {s.enter_side}")]))
+                [Fact(s.enter_t, s.enter_t + 1, f"{first} enters from the {s.enter_side}", at=s.enter_t)]))
   for x in world.texts:
     after = [s for s in visible if s.enter_t < x.start]
     if after:
@@ -345,7 +384,7 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
       out.append(("reading", f"What {'number' if x.word.isdigit() else 'word'} appears on screen after the "
                   f"{s.label(s.enter_t, with_size=False)} enters?", x.word,
                   [w for w in (WORDS if not x.word.isdigit() else [str(k) for k in range(10)]) if w != x.word],
-                  [Fact(s.enter_t, s.enter_t + 1, f"the {s.label(s.enter_t)} enters"),
+                  [Fact(s.enter_t, s.enter_t + 1, f"the {s.label(s.enter_t)} enters", at=s.enter_t),
                    Fact(x.start, x.end, f"the {x.word} is shown at the {x.corner}")]))
   if len(visible) >= 2:
     a, b = rng.choice(len(visible), 2, replace=False)
@@ -355,24 +394,28 @@ def _questions(world: World, rng) -> list[tuple[str, str, str, list[str], list[F
       out.append(("temporal_localization", f"Which enters first, the {a.label(a.enter_t, False)} or the "
                   f"{b.label(b.enter_t, False)}?", f"the {first.label(first.enter_t, False)}",
                   [f"the {(b if first is a else a).label(0, False)}", "they enter together", "neither enters"],
-                  [Fact(a.enter_t, a.enter_t + 1, f"the {a.label(a.enter_t)} enters"),
-                   Fact(b.enter_t, b.enter_t + 1, f"the {b.label(b.enter_t)} enters")]))
+                  [Fact(a.enter_t, a.enter_t + 1, f"the {a.label(a.enter_t)} enters", at=a.enter_t),
+                   Fact(b.enter_t, b.enter_t + 1, f"the {b.label(b.enter_t)} enters", at=b.enter_t)]))
     # counterfactual: how many shapes would have entered without one of them
     c = visible[int(rng.integers(len(visible)))]
     n = len(visible) - 1
     out.append(("counterfactual", f"If the {c.label(c.enter_t, False)} had never appeared, how many shapes "
                 "would have entered the scene in total?", str(n), [str(k) for k in range(6) if k != n],
-                [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters") for s in visible]))
+                [Fact(s.enter_t, s.enter_t + 1, f"a {s.label(s.enter_t)} enters", at=s.enter_t) for s in visible]))
   # perception: the backdrop at the start, after its first change and at the end
+  # (looked at over the first or last second; true until the first change, or since the last)
   (_, start), (last_t, last) = world.backdrops[0], world.backdrops[-1]
+  until = world.backdrops[1][0] if len(world.backdrops) > 1 else d
   others = lambda name: [b for b in BACKDROPS if b != name]
   at_start, first_turn, at_end = PERCEPTION_QUESTIONS
-  out.append(("object_recognition", at_start, start, others(start), [Fact(0, 1, f"the background is {start}")]))
+  opening = Fact(0, 1, f"the background is {start}", holds=(0, until))
+  out.append(("object_recognition", at_start, start, others(start), [opening]))
   if len(world.backdrops) > 1:
     t, turn = world.backdrops[1]
     out.append(("state_change", first_turn, turn, others(turn),
-                [Fact(0, 1, f"the background is {start}"), Fact(t - 0.5, t + 0.5, f"the background turns {turn}")]))
-  out.append(("state_change", at_end, last, others(last), [Fact(max(last_t, d - 1), d, f"the background is {last}")]))
+                [opening, Fact(t - 0.5, t + 0.5, f"the background turns {turn}", at=t)]))
+  out.append(("state_change", at_end, last, others(last),
+              [Fact(max(last_t, d - 1), d, f"the background is {last}", holds=(last_t, d))]))
   occl = [(s, o) for s in visible for o in visible if o.z > s.z and _overlap(world, s, o) is not None]
   if occl:
     s, o = occl[0]
@@ -412,10 +455,19 @@ def _overlap(world: World, s: Shape, o: Shape) -> float | None:
   return None
 
 
+# The kinds of hallucinated trace (right answer, wrong grounding) written beside each true one:
+# content: the last observation says something false (a word swapped); time: the last observation
+# moved to a span of the frame grid where it is false; invented: an observation of something that
+# never happens added; dropped: the observation the answer rests on left out (traces of >= 2).
+HALLUCINATIONS = ("content", "time", "invented", "dropped")
+
+
 def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], list[CoTRecord], list[CoTRecord]]:
-  """Open and 4-way MC QA; a true CoT trace per QA; and a hallucinated variant of each trace
-  (one observation made false, answer kept) for reward tests."""
-  rng = np.random.default_rng(seed)
+  """Open and 4-way MC QA; a true CoT trace per QA, its observations on the grid of frames the
+  model sees (`world.frames`); and its hallucinated variants (HALLUCINATIONS, the kind in
+  `lineage.extra["hallucinated"]`) for reward tests."""
+  rng, fake_rng = np.random.default_rng(seed), np.random.default_rng([seed, 2])
+  frames = np.asarray(world.frames)
   qas, cots, fakes = [], [], []
   lineage = Lineage(source="toyworld", model=GENERATOR)
   asked = set()
@@ -438,22 +490,48 @@ def qa_records(world: World, video: str, seed: int) -> tuple[list[QARecord], lis
                             duration=world.duration, lineage=lineage))
     for qa in forms:
       qas.append(qa)
-      for fake in (False, True):
-        steps = []
-        for k, f in enumerate(facts):
-          text = f.text
-          if fake and k == len(facts) - 1:
-            text = _falsify(text, rng)
-          steps.append(f"<action>re-watch {_span(max(0, f.start), min(world.duration, f.end))} to check "
-                       f"{'what happens' if k else 'the relevant moment'}</action>"
-                       f"<observation>[{_span(max(0, f.start), min(world.duration, f.end))}] {text}</observation>")
-        reasoning = ("I need to look at the relevant parts of the video. " + " ".join(steps)
-                     + f" So the answer is {qa.answer_text}.<answer>{qa.answer}</answer>")
+      steps = [(*f.span(frames, world.duration), f.text) for f in facts]
+      variants = {"content": steps[:-1] + [(*steps[-1][:2], _falsify(steps[-1][2], rng))],
+                  **_hallucinations(world, frames, facts, steps, fake_rng)}
+      for kind, trace in (("", steps), *variants.items()):
         rec = CoTRecord(video=video, question=qa.question, answer=qa.answer, question_type=qtype,
-                        form=qa.form, options=qa.options, duration=world.duration, reasoning=reasoning,
-                        lineage=dataclasses.replace(lineage, extra={"hallucinated": fake}))
-        (fakes if fake else cots).append(rec)
+                        form=qa.form, options=qa.options, duration=world.duration,
+                        reasoning=_trace(trace, qa.answer_text, qa.answer),
+                        lineage=dataclasses.replace(lineage, extra={"hallucinated": kind or False}))
+        (fakes if kind else cots).append(rec)
   return qas, cots, fakes
+
+
+def _trace(steps: list[tuple[int, int, str]], answer_text: str, answer: str) -> str:
+  """ReWatch's CoT text: a re-watch action and its observation per (start, end, text) step."""
+  body = " ".join(f"<action>re-watch {_span(a, b)} to check {'what happens' if k else 'the relevant moment'}</action>"
+                  f"<observation>[{_span(a, b)}] {text}</observation>" for k, (a, b, text) in enumerate(steps))
+  return (f"I need to look at the relevant parts of the video. {body} So the answer is {answer_text}."
+          f"<answer>{answer}</answer>")
+
+
+def _hallucinations(world: World, frames: np.ndarray, facts: list[Fact], steps: list, rng) -> dict[str, list]:
+  """The time, invented and dropped variants of a true trace's steps (those the trace allows)."""
+  out = {}
+  pairs = [(int(np.floor(a)), int(np.ceil(b))) for a, b in zip(frames[:-1], frames[1:])]
+  elsewhere = [(a, b) for a, b in pairs if facts[-1].false_over(a, b, frames)]
+  if elsewhere:
+    a, b = elsewhere[rng.integers(len(elsewhere))]
+    out["time"] = steps[:-1] + [(a, b, steps[-1][2])]
+  a, b = pairs[rng.integers(len(pairs))]
+  if facts[-1].text.startswith("the background") and (unseen := [n for n in BACKDROPS if n not in
+                                                                  {name for _, name in world.backdrops}]):
+    invented = f"the background turns {unseen[rng.integers(len(unseen))]}"
+  else:
+    absent = [(k, c) for k in SHAPES for c in COLOURS
+              if not any(s.shape == k and c in (s.colour, s.colour_at(world.duration)) for s in world.shapes)]
+    k, c = absent[rng.integers(len(absent))]
+    invented = f"a {list(SIZES)[rng.integers(len(SIZES))]} {c} {k} enters from the {SIDES[rng.integers(len(SIDES))]}"
+  at = int(rng.integers(len(steps) + 1))
+  out["invented"] = steps[:at] + [(a, b, invented)] + steps[at:]
+  if len(steps) >= 2:
+    out["dropped"] = steps[:-1]
+  return out
 
 
 def template(q: QARecord) -> tuple:
