@@ -1,11 +1,16 @@
 r"""Forward+backward throughput: our jitted Qwen2.5-VL against Hugging Face's torch model.
 
-  python benchmarks/model_forward.py [--steps 3] [--frames 16] [--size 224]
+  python benchmarks/model_forward.py [--steps 3] [--frames 16] [--size 224] [--forward 1]
 
 Both run the same weights (ours exported with rewatch_jax.hf.save_pretrained and loaded by
 transformers) on the same inputs: a batch of 2, each a 16-frame video plus text, next-token loss,
 full backward. Each implementation runs in its own subprocess so peak memory is its own.
 Prints a table with tokens/s, step time, compile/first-step time, peak RSS and the ratio.
+
+`--forward 1`: the forward row instead, what rollouts and evaluation pay per prompt: the vision
+tower and the prefill (every layer's keys and values kept, logits of the last position only), no
+gradients. Ours: `Qwen25VL.prefill` as the sampler calls it; HF: the model in eval mode under
+`torch.inference_mode()` with `use_cache=True, logits_to_keep=1`, as `generate`'s prefill.
 """
 
 from __future__ import annotations
@@ -65,6 +70,15 @@ def run_jax(hf_dir, args):
   inputs = jax.tree.map(jnp.asarray, from_hf_inputs(model.config, **batch))
   graphdef, params = nnx.split(model)
 
+  if args.forward:
+    @jax.jit
+    def prefill(params, inputs):
+      hidden, cache = nnx.merge(graphdef, params).prefill(inputs, 1, 1)
+      return nnx.merge(graphdef, params).text.logits(hidden[:, -1]), cache
+
+    first, times = time_steps(lambda: jax.block_until_ready(prefill(params, inputs)), args.steps)
+    return first, times, int(batch["input_ids"].size)
+
   @jax.jit
   def grad_step(params, inputs):
     def loss(params):
@@ -88,6 +102,16 @@ def run_torch(hf_dir, args):
   types[batch["input_ids"] == cfg.video_token_id] = 2
   batch["mm_token_type_ids"] = types
 
+  if args.forward:
+    model.eval()
+
+    def forward():
+      with torch.inference_mode():
+        model(**batch, use_cache=True, logits_to_keep=1)
+
+    first, times = time_steps(forward, args.steps)
+    return first, times, int(batch["input_ids"].numel())
+
   def step():
     model.zero_grad(set_to_none=True)
     model(**batch, labels=batch["input_ids"]).loss.backward()
@@ -97,7 +121,7 @@ def run_torch(hf_dir, args):
 
 
 def main():
-  args = comparison_args(__doc__, run_jax, run_torch)
+  args = comparison_args(__doc__, run_jax, run_torch, forward=0)
   if args is None:
     return
 
@@ -112,9 +136,10 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     hf.save_pretrained(model, tmp)
     rows = run_children(__file__, tmp, ["--steps", str(args.steps), "--frames", str(args.frames),
-                                        "--size", str(args.size)])
+                                        "--size", str(args.size),
+                                        "--forward", str(args.forward)])
   print(f"model: {n_params / 1e6:.1f}M params; batch 2 x ({args.frames} frames at {args.size}px + 128 text)"
-        f" = {rows['jax']['tokens']} tokens; forward+backward, fp32, CPU ({os.cpu_count()} cores)")
+        f" = {rows['jax']['tokens']} tokens; {'forward (vision + prefill)' if args.forward else 'forward+backward'}, fp32, CPU ({os.cpu_count()} cores)")
   print_comparison(rows, {"jax": "rewatch-jax (XLA)", "torch": "HF transformers"})
 
 

@@ -1,9 +1,10 @@
 r"""Where the CPU forward+backward time goes, by XLA op and the source op it came from.
 
-  python benchmarks/profile_step.py [--part vision|text|full] [--steps 2] [--top 30]
+  python benchmarks/profile_step.py [--part vision|text|full|forward] [--steps 2] [--top 30]
 
 The model_forward.py config and inputs; one jitted value-and-grad of the chosen part (`vision`:
-the tower alone; `text`: the decoder on random input embeddings; `full`: logits + loss), traced
+the tower alone; `text`: the decoder on random input embeddings; `full`: logits + loss; `forward`: no gradient, the vision tower and the prefill as
+model_forward.py's forward row runs them), traced
 with jax.profiler after a warm-up call. Each XLA thunk in the trace is mapped to the `op_name`
 metadata of its fusion in the optimized HLO dump, so a row reads like
 `0.370 s  copy_bitcast_fusion  transpose(jvp(jit(silu)))` (per step, summed over threads: rows can
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--part", choices=["vision", "text", "full"], default="full")
+  p.add_argument("--part", choices=["vision", "text", "full", "forward"], default="full")
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=30)
   p.add_argument("--frames", type=int, default=16)
@@ -65,7 +66,13 @@ def main():
     logits = model(inputs)[:, :-1]
     return optax.softmax_cross_entropy_with_integer_labels(logits, inputs.input_ids[:, 1:]).mean()
 
-  step = jax.jit(jax.value_and_grad(loss))
+  def forward(params):  # named like the loss: the dump below is found by "jit_loss"
+    model = nnx.merge(graphdef, params)
+    hidden, cache = model.prefill(inputs, 1, 1)
+    return model.text.logits(hidden[:, -1]), cache
+
+  forward.__name__ = "loss"
+  step = jax.jit(forward if args.part == "forward" else jax.value_and_grad(loss))
   jax.block_until_ready(step(params))
   with jax.profiler.trace(f"{work}/trace", create_perfetto_trace=True):
     t0 = time.perf_counter()
