@@ -11,7 +11,10 @@ r"""Prepare datasets.
       caption, qa, cot, rl, qa_eval; --name: a set of that kind under another name, e.g. a QA subset
       to weight as a task of its own), and OUT/video_store/ with each video's decoded frames once
       for every record and set. Bad videos are skipped and listed in prepare_report.json
-      (--on_error=raise stops instead). On a pod, run it on every host with its --shard_index.
+      (--on_error=raise stops instead), and so are captions ending more than --duration_tolerance
+      seconds past their decoded video (with an rl set's records whose video's caption does);
+      records stating another duration than the decoded one are kept and listed too. On a pod, run
+      it on every host with its --shard_index.
       --records takes several files, each `[FORMAT:]PATH` (JSON lists or JSONL) in its own format
       (default --records_format): jsonl (ours), rewatch (the released ReWatch files: qa.json for
       qa/qa_eval/rl, cot.json for cot, caption.json for caption and --captions), video_r1
@@ -58,6 +61,10 @@ flags.DEFINE_integer("processes", 1, "Local decoding processes, each decoding on
 flags.DEFINE_integer("num_shards", 1, "Hosts preparing disjoint shards.")
 flags.DEFINE_integer("shard_index", 0, "This host's shard.")
 flags.DEFINE_enum("on_error", "skip", ["skip", "raise"], "Skip-and-report bad records or stop.")
+flags.DEFINE_float("duration_tolerance", tfds_rewatch.DURATION_TOLERANCE,
+                   "Seconds a caption may end past its decoded video and still be trained on (further: skipped and "
+                   "reported; an rl set's records whose video's caption does too), and a record's duration differ "
+                   "from the decoded one unreported.")
 flags.DEFINE_float("fps", 2.0, "VideoSpec: frames sampled per second.")
 flags.DEFINE_integer("max_frames", 192, "VideoSpec: most frames per video.")
 flags.DEFINE_integer("min_pixels", 128 * 28 * 28, "VideoSpec: least pixels per frame.")
@@ -121,13 +128,26 @@ def main(argv):
   report = tfds_rewatch.prepare(
       FLAGS.out, name, recs, FLAGS.videos, spec, kind=FLAGS.config, captions=caps, tokenizer=FLAGS.tokenizer,
       cache_dir=FLAGS.cache_dir, on_error=FLAGS.on_error, processes=FLAGS.processes,
-      num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index)
+      num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index, duration_tolerance=FLAGS.duration_tolerance)
   log.info("%s: wrote %d of %d records (skipped %d) in %.1fs; %d video%s, %d new in the video store; VideoSpec %s, "
            "tokenizer %s", name, report["written"], report["records"], len(report["skipped"]),
            time.perf_counter() - t0, report["videos"], "s" * (report["videos"] != 1), report["videos_stored"],
            spec.hash, report["tokenizer_hash"])
   for s in report["skipped"][:10]:
     log.warning("skipped %s: %s", s["id"], s["error"])
+  over, off = report.get("caption_overruns", []), report.get("duration_mismatches", [])  # (older reports: none)
+  if over:
+    log.warning("%d caption%s more than %.1f s past the decoded video:", len(over),
+                " ends" if len(over) == 1 else "s end", report["duration_tolerance"])
+  for o in over[:10]:
+    log.warning("caption %s of %s ends at %s; the video holds %.1f s", o["id"], o["video"],
+                records.format_timestamp(o["caption_end"]), o["duration"])
+  if off:
+    log.warning("%d record%s a duration more than %.1f s off the decoded video's (kept):", len(off),
+                " states" if len(off) == 1 else "s state", report["duration_tolerance"])
+  for o in off[:10]:
+    log.warning("%s of %s states %.1f s; the video holds %.1f s", o["id"], o["video"], o["record_duration"],
+                o["duration"])
 
 
 def entry():

@@ -91,6 +91,54 @@ def test_bad_videos_are_skipped_and_reported(toy, tmp_path):
     tfds_rewatch.prepare(str(tmp_path / "out2"), "caption", recs, str(videos), SPEC, on_error="raise")
 
 
+def test_captions_past_the_decoded_video_are_skipped_and_reported(toy, tmp_path):
+  """A caption ending well past its video (written for a longer file) would teach wrong times: it is
+  skipped, and listed with its end and the decoded duration; one ending within the tolerance
+  (timestamps are whole seconds) is written, and so is a record stating another duration, listed.
+  In rl sets the caption is the O&R reward's reference: its video's records are skipped; qa_eval
+  sets, which do not read it, keep theirs."""
+  caps = _records(toy, "train", "caption")
+  cap = caps[0]
+  *head, last = cap.segments
+  d = cap.duration  # toy world records state their video's duration (11 s here)
+  assert max(s.end for s in cap.segments) == d
+  long = dataclasses.replace(cap, id="", segments=(*cap.segments, records.Segment(d, d + 12, "the screen stays black")))
+  within = dataclasses.replace(cap, id="", segments=(*head, records.Segment(last.start, d + 1, last.text + " again")))
+  stated = dataclasses.replace(cap, id="", duration=60.0,
+                               segments=(*head, records.Segment(last.start, last.end, last.text + " still")))
+  report = tfds_rewatch.prepare(str(tmp_path), "caption", caps + [long, within, stated], str(toy), SPEC)
+  assert report["written"] == len(caps) + 2 and report["duration_tolerance"] == tfds_rewatch.DURATION_TOLERANCE
+  why = f"caption ends at {records.format_timestamp(d + 12)} past the video's {d:.1f} s"
+  assert why == "caption ends at 00:23 past the video's 11.0 s"
+  assert report["skipped"] == [{"id": long.id, "error": why}]
+  ((over,),) = [report["caption_overruns"]]
+  assert over == {"id": long.id, "video": cap.video, "caption_end": d + 12, "duration": pytest.approx(d, abs=0.05)}
+  ((off,),) = [report["duration_mismatches"]]
+  assert off["id"] == stated.id and off["record_duration"] == 60.0 and off["duration"] == pytest.approx(d, abs=0.05)
+  (source,), _ = tfds_rewatch.data_sources(str(tmp_path), "caption")
+  ids = {source[i]["id"].decode() for i in range(len(source))}
+  assert long.id not in ids and {within.id, stated.id} <= ids
+  on_disk = json.load(open(next((tmp_path / "rewatch" / "caption").rglob("prepare_report.json"))))
+  assert on_disk["caption_overruns"][0]["caption_end"] == d + 12
+  with pytest.raises(ValueError, match="preparing .*caption ends at 00:23 past the video's 11.0 s"):
+    tfds_rewatch.prepare(str(tmp_path / "raise"), "caption", [long], str(toy), SPEC, on_error="raise")
+  # a tolerance of 13 s keeps it
+  kept = tfds_rewatch.prepare(str(tmp_path / "lenient"), "caption", [long], str(toy), SPEC, duration_tolerance=13)
+  assert kept["written"] == 1 and not kept["caption_overruns"]
+  # rl: the video's records go with its caption (the video read back from the store: its duration kept there)
+  qa = _records(toy, "train", "qa")
+  ours = [r for r in qa if r.video == cap.video]
+  assert ours and len(ours) < len(qa)
+  captions = [long if c.video == cap.video else c for c in caps]
+  rl = tfds_rewatch.prepare(str(tmp_path), "rl", qa, str(toy), SPEC, captions=captions, processes=2)  # (a pool's notes)
+  assert rl["written"] == len(qa) - len(ours) and rl["videos_stored"] == 0
+  assert sorted(s["id"] for s in rl["skipped"]) == sorted(r.id for r in ours)
+  assert {s["error"] for s in rl["skipped"]} == {f"its video's {why} (the O&R reward's reference)"}
+  assert [o["id"] for o in rl["caption_overruns"]] == [long.id]
+  ev = tfds_rewatch.prepare(str(tmp_path), "qa_eval", qa, str(toy), SPEC, captions=captions)
+  assert ev["written"] == len(qa) and not ev["skipped"] and [o["id"] for o in ev["caption_overruns"]] == [long.id]
+
+
 def test_nothing_to_write_is_a_clear_error(toy, tmp_path):
   """Every record skipped (here: the videos are not where the root says), or none of the config's
   kind: the error says so and why, instead of TFDS's bare "No examples were yielded"."""

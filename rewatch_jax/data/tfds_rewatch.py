@@ -12,8 +12,13 @@ for all records and sets in the prepared folder's video store (`video_store.py`;
 build or read.
 
 Bad videos or records are skipped and listed in `prepare_report.json` (or stop the build with
-`on_error="raise"`). Many hosts can prepare disjoint shards of one dataset (`num_shards`,
-`shard_index`); `data_sources` reads all shards back.
+`on_error="raise"`). So are captions that run past their decoded video by more than
+`duration_tolerance` (default 1 s: timestamps are whole seconds), with the records of rl sets whose
+video's caption does: their times would be taught, or rewarded, wrong. Such captions are also
+listed with their end and the decoded duration (`caption_overruns`), as are records whose own
+`duration` differs from the decoded one by more than the tolerance (`duration_mismatches`; kept;
+qa_eval sets keep their records too, their caption unused). Many hosts can prepare disjoint shards of
+one dataset (`num_shards`, `shard_index`); `data_sources` reads all shards back.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
@@ -35,6 +41,12 @@ from rewatch_jax.data.video import FrameCache, VideoSpec, cpu_cores, file_digest
 from rewatch_jax.models.configs import VisionConfig
 
 VERSION = "1.1.0"  # 1.1: frames in the shared video store, not in every example
+# Seconds a caption may end past its decoded video, or a record's duration differ from the decoded
+# one, and pass unreported: caption timestamps are whole seconds (MM:SS), so a 30.4 s video's caption
+# may rightly end at 00:31; past that it was written for another (longer) file.
+DURATION_TOLERANCE = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class Kind(NamedTuple):
@@ -78,8 +90,9 @@ class _Job:
   spec: VideoSpec
   tokenizer: str | None  # tokenizer.json or a folder with one; None: the Qwen vocabulary
   cache_dir: str | None
-  caption: str  # the video's caption text (rl sets keep it for the O&R reward), or ""
+  caption: records.CaptionRecord | None  # the video's caption (prompt-only sets; rl's O&R reward reads it)
   threads: int  # decoder threads
+  tolerance: float  # DURATION_TOLERANCE
 
 
 _STORE: video_store.VideoStore | None = None  # the prepared folder's store as the call began, per process
@@ -101,12 +114,44 @@ def _open_store(store_dir: str, writer_name: str = "", slots=None, per_file: int
     multiprocessing.util.Finalize(_WRITER, _WRITER.close, exitpriority=10)  # at the pool's close + join
 
 
+def _overrun(caption: records.CaptionRecord, duration: float, tolerance: float):
+  """A caption's report entry and the reason it is not used if it ends more than `tolerance`
+  seconds past the decoded video's `duration`, else None."""
+  end = max(s.end for s in caption.segments)
+  if end <= duration + tolerance:
+    return None
+  entry = {"id": caption.id, "video": caption.video, "caption_end": end, "duration": round(duration, 3)}
+  return entry, f"caption ends at {records.format_timestamp(end)} past the video's {duration:.1f} s"
+
+
+def _checks(job: _Job, duration: float) -> tuple[dict, dict]:
+  """The decoded duration against the captions and records of a job: ({report list: [entries]},
+  {record id: why it is skipped}). A caption ending past the video skips itself (caption sets) or
+  the records it is the reward's reference for (rl sets; qa_eval sets, which do not read it, keep
+  theirs); a record's own duration that differs from the decoded one is only reported."""
+  notes, skip = {"caption_overruns": [], "duration_mismatches": []}, {}
+  captions = [r for r in job.records if isinstance(r, records.CaptionRecord)]
+  for rec in job.records + ([job.caption] if job.caption is not None else []):
+    if rec.duration and abs(rec.duration - duration) > job.tolerance:
+      notes["duration_mismatches"].append({"id": rec.id, "video": rec.video, "record_duration": rec.duration,
+                                           "duration": round(duration, 3)})
+  for cap in captions:
+    if (over := _overrun(cap, duration, job.tolerance)) is not None:
+      notes["caption_overruns"].append(over[0])
+      skip[cap.id] = over[1]
+  if job.caption is not None and (over := _overrun(job.caption, duration, job.tolerance)) is not None:
+    notes["caption_overruns"].append(over[0])
+    if job.kind == "rl":
+      skip.update((rec.id, f"its video's {over[1]} (the O&R reward's reference)") for rec in job.records)
+  return notes, skip
+
+
 def _decode(job: _Job):
   """Worker: the frames of one video (from the video store if an earlier prepare stored it, else
   decoded, through `cache_dir`'s frame cache if one is given) and the conversations of its records.
   Returns (video key, its frames' shape, the video encoded for the store or None if it is there
-  or this worker stored it, whether this worker stored it, [(record id, example, error)]); a
-  video that fails fails each of its records."""
+  or this worker stored it, whether this worker stored it, [(record id, example, error)], report
+  notes (`_checks`)); a video that fails fails each of its records."""
   try:
     digest = file_digest(job.path)
     key = video_store.video_key(digest, job.spec)
@@ -120,11 +165,15 @@ def _decode(job: _Job):
         video = load_video(job.path, job.spec, threads=job.threads)
       frames_shape, duration, encoded = video.frames.shape, video.duration, video_store.encode(video)
   except (ValueError, OSError) as e:  # VideoError is a ValueError
-    return None, None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records]
+    return None, None, None, False, [(rec.id, None, f"{type(e).__name__}: {e}") for rec in job.records], {}
+  notes, skip = _checks(job, duration)
   tokenizer = chat.qwen_tokenizer(job.tokenizer)
   kind = KINDS[job.kind]
   out = []
   for rec in job.records:
+    if rec.id in skip:
+      out.append((rec.id, None, skip[rec.id]))
+      continue
     try:
       messages = chat.conversation(kind.mode, rec, duration, with_answer=not kind.prompt_only)
       # (the patching every Qwen2.5-VL size shares: VisionConfig's defaults)
@@ -132,7 +181,8 @@ def _decode(job: _Job):
       ex = {"id": rec.id, "kind": rec.kind, "video": rec.video, "record": json.dumps(records.to_json(rec)),
             "video_key": key, "input_ids": enc.input_ids, "loss_mask": enc.loss_mask}
       if kind.prompt_only:
-        ex.update(answer=rec.answer, caption=job.caption, question_type=rec.question_type)
+        ex.update(answer=rec.answer, caption=job.caption.text if job.caption is not None else "",
+                  question_type=rec.question_type)
       out.append((rec.id, ex, None))
     except ValueError as e:  # RecordError is a ValueError
       out.append((rec.id, None, f"{type(e).__name__}: {e}"))
@@ -140,7 +190,7 @@ def _decode(job: _Job):
   if _WRITER is not None and encoded is not None:  # stored here, not sent (as the parent: if any record needs it)
     stored = any(error is None for _, _, error in out) and _WRITER.add(key, encoded)
     encoded = None
-  return key, tuple(frames_shape), encoded, stored, out
+  return key, tuple(frames_shape), encoded, stored, out, notes
 
 
 class Rewatch(tfds.core.GeneratorBasedBuilder):
@@ -152,16 +202,21 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, records=(), video_root: str = "", spec: VideoSpec = VideoSpec(),
                tokenizer: str | None = None, captions=(), cache_dir: str | None = None,
                on_error: str = "skip", processes: int = 1, num_shards: int = 1, shard_index: int = 0,
-               store_dir: str = "", **kwargs):
+               store_dir: str = "", duration_tolerance: float = DURATION_TOLERANCE, **kwargs):
     """`store_dir`: the prepared folder whose video store (`store_dir`/video_store) gets the frames;
-    `prepare` passes its `out_dir`, shared by every shard and set."""
+    `prepare` passes its `out_dir`, shared by every shard and set. `duration_tolerance`: seconds a
+    caption may end past its decoded video (beyond: skipped, see the module docstring), or a
+    record's duration differ from the decoded one (beyond: reported)."""
     if on_error not in ("skip", "raise"):
       raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if not duration_tolerance >= 0:
+      raise ValueError(f"duration_tolerance must be >= 0 seconds, got {duration_tolerance!r}")
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index {shard_index} outside [0, {num_shards})")
     self._records, self._video_root, self._spec = list(records), video_root, spec
     self._tokenizer, self._cache_dir, self._on_error = tokenizer, cache_dir, on_error
-    self._captions = {c.video: c.text for c in captions}
+    self._captions = {c.video: c for c in captions}
+    self._tolerance = float(duration_tolerance)
     self._processes, self._num_shards, self._shard_index = processes, num_shards, shard_index
     self._store_dir = store_dir or kwargs.get("data_dir", "")
     self.report = {}
@@ -203,10 +258,13 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     # Several processes decode one video each at once: their decoders share the cores (0: all of them).
     threads = max(1, cpu_cores() // self._processes) if self._processes > 1 else 0
     jobs = [_Job(path, recs, self._kind, self._spec, self._tokenizer, self._cache_dir,
-                 self._captions.get(recs[0].video, ""), threads) for path, recs in by_video.items()]
+                 self._captions.get(recs[0].video) if KINDS[self._kind].prompt_only else None, threads,
+                 self._tolerance)
+            for path, recs in by_video.items()]
     name = f"{set_name}-{self._shard_index:05d}-of-{self._num_shards:05d}"
     store = video_store.VideoStoreWriter(self._store_dir, name)
     written = stored = 0
+    notes = {"caption_overruns": [], "duration_mismatches": []}
     shapes = []  # per example: frames (T, H, W), tokens, trained tokens: what decides its bucket
     pool = None
     if self._processes > 1:
@@ -218,8 +276,10 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     try:
       results = pool.imap(_decode, jobs, chunksize=1) if pool else map(_decode, jobs)
       progress = tqdm(results, total=len(jobs), desc=f"{set_name} videos", unit="video", dynamic_ncols=True)
-      for key, frames_shape, encoded, stored_there, outcomes in progress:
+      for key, frames_shape, encoded, stored_there, outcomes, found in progress:
         stored += stored_there
+        for what, entries in found.items():
+          notes[what] += entries
         for rec_id, example, error in outcomes:
           if error is not None:
             if self._on_error == "raise":
@@ -238,6 +298,7 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
       if pool:
         pool.terminate()
     store.close()
+    _warn(set_name, self._kind, notes, self._tolerance)
     if not written:  # TFDS would only say "No examples were yielded"
       kinds = "/".join(k.__name__ for k in wanted)
       why = "; ".join(f"{s['id']}: {s['error']}" for s in skipped[:3])
@@ -249,10 +310,28 @@ class Rewatch(tfds.core.GeneratorBasedBuilder):
     self.report = {"config": set_name, "kind": self._kind, "video_spec": self._spec.to_dict(),
                    "video_spec_hash": self._spec.hash, "tokenizer_hash": tokenizer_hash,
                    "shard": [self._shard_index, self._num_shards], "records": len(mine),
-                   "written": written, "videos": len(by_video), "videos_stored": stored, "skipped": skipped}
+                   "written": written, "videos": len(by_video), "videos_stored": stored, "skipped": skipped,
+                   "duration_tolerance": self._tolerance, **notes}
     self.info.metadata.update(kind=self._kind, video_spec_hash=self._spec.hash, video_spec=self._spec.to_dict(),
                               tokenizer_hash=tokenizer_hash, prompt_version=chat.PROMPT_VERSION, written=written,
                               skipped=len(skipped))
+
+
+def _warn(set_name: str, kind: str, notes: dict, tolerance: float) -> None:
+  """One warning for each kind of note (`_checks`); prepare_report.json lists them all."""
+  over, off = notes["caption_overruns"], notes["duration_mismatches"]
+  if over:
+    fate = "records kept: evaluation does not read it" if kind == "qa_eval" else "not trained on (skipped)"
+    log.warning("%s: %d caption%s more than %.1f s past the decoded video, %s (e.g. %s: ends at %s, the "
+                "video holds %.1f s); listed in prepare_report.json", set_name, len(over),
+                " ends" if len(over) == 1 else "s end",
+                tolerance, fate, over[0]["video"], records.format_timestamp(over[0]["caption_end"]),
+                over[0]["duration"])
+  if off:
+    log.warning("%s: %d record%s a duration more than %.1f s off the decoded video's (e.g. %s: %.1f s, the "
+                "video holds %.1f s); kept, listed in prepare_report.json", set_name, len(off),
+                " states" if len(off) == 1 else "s state",
+                tolerance, off[0]["video"], off[0]["record_duration"], off[0]["duration"])
 
 
 def shard_dir(out_dir: str, num_shards: int, shard_index: int) -> str:
@@ -266,7 +345,8 @@ def prepare(out_dir: str, name: str, records, video_root: str, spec: VideoSpec =
   per video (`video_store.py`), and a video already there is read back, not decoded, so a video
   shared by many records and sets is decoded once. `tokenizer`: tokenizer.json or a folder with one
   (default: the Qwen vocabulary); `cache_dir`: a FrameCache to decode through as well (e.g. shared
-  by several prepared folders)."""
+  by several prepared folders); `duration_tolerance`: how far past the decoded video a caption may
+  end and still be used (see the module docstring)."""
   kind = kind or name
   if kind not in KINDS:
     raise ValueError(f"unknown kind of prepared set {kind!r}; choose from {sorted(KINDS)}")
