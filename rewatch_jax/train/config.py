@@ -107,6 +107,9 @@ def base(size: str) -> ml_collections.ConfigDict:
       std_normalize=True,  # advantages (r - mean) / (std + eps); False: r - mean (Dr. GRPO)
       eps=1e-6,
       mini_batches=1,  # optimizer updates a step, each over whole prompt groups
+      # a mini-batch's gradient accumulated over this many micro-batches of whole prompt groups (exact:
+      # summed in fp32, divided once), for a mini-batch too big for memory; one optimizer update
+      micro_batches=1,
       updates=1,  # passes over a step's rollouts (PPO epochs)
       drop_zero_variance=False,  # groups whose rewards all agree leave the loss (DAPO's dynamic sampling)
       mask_truncated=False,  # responses cut by max_new_tokens leave the loss (DAPO's overlong filter)

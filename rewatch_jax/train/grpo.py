@@ -10,7 +10,16 @@ One step, as the algorithm reads:
   4. reference: the frozen starting weights' log-probabilities of the responses (`rl.beta` > 0);
   5. update: `rl.updates` passes of `rl.mini_batches` optimizer updates, each over whole prompt
      groups: per response token the clipped ratio loss max(-A r, -A clip(r, 1 - low, 1 + high))
-     plus beta times the KL estimate (k1, k2 or k3), aggregated by `rl.loss_agg`.
+     plus beta times the KL estimate (k1, k2 or k3), aggregated by `rl.loss_agg`; with
+     `rl.micro_batches` > 1 a mini-batch's gradient is accumulated over micro-batches of whole
+     groups (the loss as a numerator and a denominator, each summed, divided once: exact).
+
+The forwards of 4 (and the old policy's, below) need the responses, not their rewards: they are
+dispatched before 2 and run on the device while the host scores (a hosted judge's HTTP calls
+included); `time_reference` is their dispatch plus what of them is left to wait for after scoring.
+Overlapping the next step's rollout with this step's scoring and update would need one-step
+off-policy sampling (rolling out with the weights before this update), which this trainer does not
+do: the next rollout samples from this step's updated policy.
 
 The update recomputes the policy's log-probabilities (the prompt's vision tokens computed once and
 shared by its samples here too) under the same temperature as the sampler; their gap to the
@@ -100,22 +109,34 @@ def kl_estimate(logprobs: jax.Array, ref_logprobs: jax.Array, estimator: str) ->
   return jnp.exp(-log_ratio) + log_ratio - 1  # k3
 
 
+def aggregate_sums(per_token: jax.Array, mask: jax.Array, how: str) -> tuple[jax.Array, jax.Array]:
+  """`aggregate`'s numerator and denominator, each a sum over rows, so that micro-batches' add up
+  to their mini-batch's: token-mean's are the masked per-token terms and the (weighted) token
+  count; the seq-mean ones' each response's term (its token mean or sum) and the responses with a
+  token in the loss."""
+  total = jnp.sum(per_token * mask, -1)
+  if how == "token-mean":
+    return jnp.sum(total), jnp.sum(mask)
+  rows = jnp.any(mask > 0, -1)
+  if how == "seq-mean-token-mean":
+    total = total / jnp.maximum(jnp.sum(mask, -1), 1.0)
+  return jnp.sum(jnp.where(rows, total, 0.0)), jnp.sum(rows.astype(jnp.float32))
+
+
 def aggregate(per_token: jax.Array, mask: jax.Array, how: str) -> jax.Array:
   """The loss of a mini-batch from per-token terms (R, T) and a 0/1 mask (unscored and dropped rows
   all 0): token-mean (every token alike), seq-mean-token-mean (each response alike),
   seq-mean-token-sum (each response by its token sum: Dr. GRPO, no length normalisation)."""
-  total = jnp.sum(per_token * mask, -1)
-  if how == "token-mean":
-    return jnp.sum(total) / jnp.maximum(jnp.sum(mask), 1.0)
-  rows = jnp.any(mask > 0, -1)
-  if how == "seq-mean-token-mean":
-    total = total / jnp.maximum(jnp.sum(mask, -1), 1.0)
-  return jnp.sum(jnp.where(rows, total, 0.0)) / jnp.maximum(jnp.sum(rows), 1)
+  numerator, denominator = aggregate_sums(per_token, mask, how)
+  return numerator / jnp.maximum(denominator, 1.0)
 
 
-def grpo_loss(model: Qwen25VL, batch: dict[str, Any], rl) -> tuple[jax.Array, dict]:
-  """The clipped policy-gradient loss (+ beta KL) of a mini-batch and its diagnostics."""
-  rows, new = batch["responses"].shape
+def grpo_sums(model: Qwen25VL, batch: dict[str, Any], rl) -> dict[str, jax.Array]:
+  """The clipped policy-gradient loss (+ beta KL) of whole prompt groups as sums: its numerator
+  (`loss`) and denominator (`count`, `aggregate_sums`) and each diagnostic's sum with the count it
+  is a mean over; micro-batches' sums add up (`logprob_gap_max`: the larger) to their mini-batch's,
+  and `finish` divides once."""
+  new = batch["responses"].shape[1]
   logprobs, entropy = response_logprobs(model, batch["prompts"], batch["responses"], batch["lengths"], rl.samples,
                                         rl.temperature)
   tokens = (jnp.arange(new)[None] < batch["lengths"][:, None]).astype(jnp.float32)
@@ -131,12 +152,34 @@ def grpo_loss(model: Qwen25VL, batch: dict[str, Any], rl) -> tuple[jax.Array, di
   if rl.beta:
     kl = kl_estimate(logprobs, batch["ref_logprobs"], rl.kl)
     per_token = per_token + rl.beta * kl
-  loss = aggregate(per_token, mask, rl.loss_agg)
-  mean = lambda x, m=mask: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+  numerator, denominator = aggregate_sums(per_token, mask, rl.loss_agg)
+  total = lambda x, m=mask: jnp.sum(x * m)
   gap = jnp.abs(logprobs - batch["sampler_logprobs"])
-  return loss, dict(kl=mean(kl), entropy=mean(entropy), clip_fraction=mean((clipped > unclipped).astype(jnp.float32)),
-                    logprob_gap=mean(gap, tokens), logprob_gap_max=jnp.max(gap * tokens),
-                    trained_tokens=jnp.sum(mask))
+  return dict(loss=numerator, count=denominator, kl=total(kl), entropy=total(entropy),
+              clipped=total((clipped > unclipped).astype(jnp.float32)), trained_tokens=jnp.sum(mask),
+              gap=total(gap, tokens), tokens=jnp.sum(tokens), logprob_gap_max=jnp.max(gap * tokens))
+
+
+SUMS = ("loss", "count", "kl", "entropy", "clipped", "trained_tokens", "gap", "tokens", "logprob_gap_max")
+
+
+def add_sums(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Two micro-batches' `grpo_sums` as one batch's."""
+  return {k: jnp.maximum(a[k], b[k]) if k == "logprob_gap_max" else a[k] + b[k] for k in SUMS}
+
+
+def finish(sums: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+  """`grpo_sums` -> the loss and its diagnostics (token-weighted means: the mask's tokens, the
+  log-probability gap's every response token)."""
+  over = lambda k, n: sums[k] / jnp.maximum(sums[n], 1.0)
+  return over("loss", "count"), dict(kl=over("kl", "trained_tokens"), entropy=over("entropy", "trained_tokens"),
+                                     clip_fraction=over("clipped", "trained_tokens"), logprob_gap=over("gap", "tokens"),
+                                     logprob_gap_max=sums["logprob_gap_max"], trained_tokens=sums["trained_tokens"])
+
+
+def grpo_loss(model: Qwen25VL, batch: dict[str, Any], rl) -> tuple[jax.Array, dict]:
+  """The clipped policy-gradient loss (+ beta KL) of a mini-batch and its diagnostics."""
+  return finish(grpo_sums(model, batch, rl))
 
 
 # ---- the update ----
@@ -154,12 +197,32 @@ def _by_row(batch: dict[str, Any]) -> dict[str, Any]:
 def make_update(graphdef, tx, rl):
   """(state, batch) -> (state, metrics): the step's optimizer updates; the batch holds the prompts,
   responses, lengths, advantages, row weights and the sampler's (and reference's, and the old
-  policy's) log-probabilities. Metrics are the mini-batches' means, the log-probability gap the
-  first mini-batch's (before any update)."""
+  policy's) log-probabilities. With `rl.micro_batches` > 1 each mini-batch's gradient is a scan over
+  micro-batches of whole prompt groups (a prompt's vision tokens serve its samples), their loss
+  sums and gradients added in fp32 and divided once by the mini-batch's denominator: the un-split
+  gradient, in less memory. Metrics are the mini-batches' means, the log-probability gap the first
+  mini-batch's (before any update)."""
+  def loss_and_grads(params, mb):
+    if rl.micro_batches == 1:  # the loss itself differentiated, no scan
+      f = lambda p: grpo_loss(nnx.merge(graphdef, p), _by_row(mb), rl)
+      (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+      return loss, aux, grads
+
+    def micro(carry, piece):  # (the parameters ride in the carry: see make_logprobs)
+      params, grads, sums = carry
+      f = lambda p: (lambda s: (s["loss"], s))(grpo_sums(nnx.merge(graphdef, p), _by_row(piece), rl))
+      g, s = jax.grad(f, has_aux=True)(params)
+      grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+      return (params, grads, add_sums(sums, s)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    init = (params, zeros, {k: jnp.zeros((), jnp.float32) for k in SUMS})
+    (_, grads, sums), _ = jax.lax.scan(micro, init, train_state.split_rows(mb, rl.micro_batches))
+    loss, aux = finish(sums)
+    return loss, aux, jax.tree.map(lambda g: g / jnp.maximum(sums["count"], 1.0), grads)
+
   def one(state: TrainState, mb):
-    def f(params):
-      return grpo_loss(nnx.merge(graphdef, params), _by_row(mb), rl)
-    (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+    loss, aux, grads = loss_and_grads(state.params, mb)
     state, update = state.apply_gradients(grads, tx, jnp.isfinite(loss))
     return state, dict(loss=loss, **aux, **update)
 
@@ -178,19 +241,21 @@ def make_update(graphdef, tx, rl):
 
 
 def make_logprobs(graphdef, rl):
-  """(params, batch) -> (R, T) log-probabilities, mini-batch by mini-batch (the old policy's or the
-  reference's: no gradient)."""
+  """(params, batch) -> (R, T) log-probabilities of the batch's prompts, responses and lengths (the
+  old policy's or the reference's: no gradient), micro-batch by micro-batch of every mini-batch
+  (rl.mini_batches x rl.micro_batches scanned parts of whole prompt groups: the update's memory)."""
   def one(params, mb):
     rows = _by_row(mb)
     return params, response_logprobs(nnx.merge(graphdef, params), mb["prompts"], rows["responses"], rows["lengths"],
                                      rl.samples, rl.temperature)[0]
 
   def logprobs(params, batch):
-    minis = train_state.split_rows(_by_prompt(batch, rl.samples), rl.mini_batches)
+    batch = {k: batch[k] for k in ("prompts", "responses", "lengths")}
+    parts = train_state.split_rows(_by_prompt(batch, rl.samples), rl.mini_batches * rl.micro_batches)
     # (the parameters ride in the scan's carry: NNX variables must enter its trace as its inputs, not
     # be closed over, or the model's remat sees variables of another trace)
-    _, out = jax.lax.scan(one, params, minis)
-    # (mini_batches, P / m * samples, T), rows with stride m -> back to the rollout's row order
+    _, out = jax.lax.scan(one, params, parts)
+    # (parts, P / parts * samples, T), prompts with stride `parts` -> back to the rollout's row order
     m, rows = out.shape[0], out.shape[1]
     return out.reshape(m, rows // rl.samples, rl.samples, -1).swapaxes(0, 1).reshape(m * rows, -1)
   return logprobs
@@ -264,6 +329,18 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
     tokens, lengths = pipeline.rows_to_host((out.tokens, out.lengths), mesh)
     times["rollout"] = time.perf_counter() - t
 
+    # The reference's and the old policy's log-probabilities need the responses, not their rewards:
+    # dispatched now and not waited for, the device computes them while the host scores (the judge).
+    t = time.perf_counter()
+    responses = dict(prompts=prompts, responses=out.tokens, lengths=out.lengths)
+    forwards = {}
+    with axis_rules(mesh):
+      if rl.beta:
+        forwards["ref_logprobs"] = logprobs(reference, responses)
+      if rl.mini_batches > 1 or rl.updates > 1:
+        forwards["old_logprobs"] = logprobs(state.params, responses)
+    dispatched = time.perf_counter() - t
+
     t = time.perf_counter()
     texts = [tokenizer.decode(row[:n - (row[n - 1] in stops)].tolist(), skip_special_tokens=False)
              for row, n in zip(tokens, lengths)]
@@ -280,17 +357,13 @@ def train(run: Run, stage: Stage, model: Qwen25VL | None = None) -> tuple[Qwen25
       weight = weight * ~truncated
     times["rewards"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    jax.block_until_ready(forwards)
+    times["reference"] = dispatched + time.perf_counter() - t  # what of those forwards the scoring did not hide
     rows = pipeline.rows_to_global(dict(advantages=adv, weights=weight), mesh)
-    train_batch = dict(prompts=prompts, responses=out.tokens, lengths=out.lengths, sampler_logprobs=out.logprobs,
-                       **rows)
+    train_batch = dict(**responses, sampler_logprobs=out.logprobs, **rows, **forwards)
     t = time.perf_counter()
     with axis_rules(mesh):
-      if rl.beta:
-        train_batch["ref_logprobs"] = jax.block_until_ready(logprobs(reference, train_batch))
-      times["reference"] = time.perf_counter() - t
-      t = time.perf_counter()
-      if rl.mini_batches > 1 or rl.updates > 1:
-        train_batch["old_logprobs"] = logprobs(state.params, train_batch)
       state, metrics = update(state, train_batch)
       jax.block_until_ready(state.params)  # (the next rollout waits for these weights anyway)
     times["update"] = time.perf_counter() - t

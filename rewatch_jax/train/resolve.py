@@ -358,7 +358,7 @@ def _rl_stage(c, workdir: str, arm: str) -> Stage:
 def _check_rl(c, mesh) -> None:
   r = c.rl
   at_least = {"rl.steps": 0, "rl.prompts_per_step": 1, "rl.samples": 2, "rl.top_k": 0, "rl.max_new_tokens": 1,
-              "rl.warmup_steps": 0, "rl.mini_batches": 1, "rl.updates": 1, "rl.log_rollouts": 0,
+              "rl.warmup_steps": 0, "rl.mini_batches": 1, "rl.micro_batches": 1, "rl.updates": 1, "rl.log_rollouts": 0,
               "rl.reward.min_steps": 0}
   for key, low in at_least.items():
     if _get(c, key) < low:
@@ -393,6 +393,13 @@ def _check_rl(c, mesh) -> None:
     raise ConfigError(f"rl.prompts_per_step {r.prompts_per_step} must split into rl.mini_batches ({r.mini_batches}) "
                       f"of whole prompts, each a multiple of the mesh's batch axes (data x fsdp = {rows} devices) and "
                       f"of the processes ({processes}): use a multiple of {r.mini_batches * max(rows, processes)}")
+  per_process = r.prompts_per_step // (processes * r.mini_batches)  # a process's prompts in a mini-batch
+  if per_process % r.micro_batches:
+    raise ConfigError(f"rl.micro_batches ({r.micro_batches}) must divide each process's prompts in a mini-batch "
+                      f"(rl.prompts_per_step {r.prompts_per_step} / rl.mini_batches {r.mini_batches} / processes "
+                      f"{processes} = {per_process}): micro-batches take whole prompt groups; use an rl.micro_batches "
+                      f"that divides {per_process}, or an rl.prompts_per_step a multiple of "
+                      f"{processes * r.mini_batches * r.micro_batches}")
 
 
 def _check_hosted_judge(c, workdir: str) -> None:
