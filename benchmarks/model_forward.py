@@ -139,7 +139,8 @@ def main():
                                         "--size", str(args.size),
                                         "--forward", str(args.forward)])
   print(f"model: {n_params / 1e6:.1f}M params; batch 2 x ({args.frames} frames at {args.size}px + 128 text)"
-        f" = {rows['jax']['tokens']} tokens; {'forward (vision + prefill)' if args.forward else 'forward+backward'}, fp32, CPU ({os.cpu_count()} cores)")
+        f" = {rows['jax']['tokens']} tokens; {'forward (vision + prefill)' if args.forward else 'forward+backward'},"
+        f" fp32, CPU ({os.cpu_count()} cores)")
   print_comparison(rows, {"jax": "rewatch-jax (XLA)", "torch": "HF transformers"})
 
 

@@ -3,8 +3,8 @@ r"""Where the CPU forward+backward time goes, by XLA op and the source op it cam
   python benchmarks/profile_step.py [--part vision|text|full|forward] [--steps 2] [--top 30]
 
 The model_forward.py config and inputs; one jitted value-and-grad of the chosen part (`vision`:
-the tower alone; `text`: the decoder on random input embeddings; `full`: logits + loss; `forward`: no gradient, the vision tower and the prefill as
-model_forward.py's forward row runs them), traced
+the tower alone; `text`: the decoder on random input embeddings; `full`: logits + loss; `forward`:
+no gradient, the vision tower and the prefill as model_forward.py's forward row runs them), traced
 with jax.profiler after a warm-up call. Each XLA thunk in the trace is mapped to the `op_name`
 metadata of its fusion in the optimized HLO dump, so a row reads like
 `0.370 s  copy_bitcast_fusion  transpose(jvp(jit(silu)))` (per step, summed over threads: rows can
