@@ -45,7 +45,8 @@ setup(
     python_requires=">=3.11",
     # launch/ (the absl entry points) is installed as rewatch_jax.launch, for the console scripts;
     # `python launch/<name>.py` runs the same files.
-    packages=[*find_packages(include=["rewatch_jax", "rewatch_jax.*"]), "rewatch_jax.launch"],
+    packages=[*find_packages(include=["rewatch_jax", "rewatch_jax.*", "data_synthesis", "data_synthesis.*"]),
+              "rewatch_jax.launch"],
     package_dir={"rewatch_jax.launch": "launch"},
     entry_points={"console_scripts": [f"rewatch-{name} = rewatch_jax.launch.{name}:entry"
                                       for name in ("train", "prepare", "convert", "sweep")]},
