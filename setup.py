@@ -29,11 +29,16 @@ INSTALL_REQUIRES = [
     "rouge-score==0.1.2",
     "word2number==1.1",
     "httpx==0.29.0",  # the hosted-model client (rewatch_jax/hosted/): judges, synthesis
+    # the OpenAI-compatible server (rewatch_jax/serve/, vLLM's stack) and synthesis's output schemas
+    "fastapi==0.165.0",
+    "uvicorn==0.55.0",
+    "pydantic==2.14.4",
+    "pillow>=10",  # frames sent to hosted models as JPEG
 ]
 
 EXTRAS = {
     # torch pinned to the CPU build that pip finds locally; a bare `torch` pulls a multi-GB CUDA build.
-    "test": ["pytest==9.2.0", "torch==2.13.0", "pillow>=10", "ruff==0.14.10"],  # pillow: HF reference image processor
+    "test": ["pytest==9.2.0", "torch==2.13.0", "ruff==0.14.10"],
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
 }
@@ -48,8 +53,9 @@ setup(
     packages=[*find_packages(include=["rewatch_jax", "rewatch_jax.*", "data_synthesis", "data_synthesis.*"]),
               "rewatch_jax.launch"],
     package_dir={"rewatch_jax.launch": "launch"},
+    package_data={"data_synthesis": ["prompts/*.txt"]},
     entry_points={"console_scripts": [f"rewatch-{name} = rewatch_jax.launch.{name}:entry"
-                                      for name in ("train", "prepare", "convert", "sweep")]},
+                                      for name in ("train", "prepare", "convert", "sweep", "synthesize", "serve")]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

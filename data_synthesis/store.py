@@ -71,6 +71,22 @@ class StageStore:
     return len(self._ids)
 
 
+def read_log(path: str) -> list[dict]:
+  """The entries of an append-only JSONL log (the spending ledger, the quarantine, the ReAct
+  journal); a last line torn by a kill is cut off the file, so that the next append starts clean."""
+  lines, torn = _read_lines(path)
+  if torn:
+    with open(path, "rb+") as f:
+      data = f.read()
+      f.truncate(data.rfind(b"\n") + 1)
+  return lines
+
+
+def append_log(path: str, entry: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
 def _read_lines(path: str) -> tuple[list[dict], bool]:
   """The JSON lines of `path` and whether its last line was torn (not newline-terminated JSON)."""
   if not os.path.exists(path):

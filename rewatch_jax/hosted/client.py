@@ -2,8 +2,9 @@
 cloud API), shared by the RL judges, the evaluation judge and data synthesis.
 
 * Many requests at once (`HostedClient.complete`, or `run` from synchronous code), at most
-  `max_concurrency` in flight; the allowed concurrency halves on a 429 and grows back by one every
-  `max_concurrency` successes (it learns the server's limit).
+  `max_concurrency` in flight; the allowed concurrency halves on a 429 (at most once a second) and
+  grows back by one per its own number of successes, as TCP's congestion window (it learns the
+  server's limit).
 * Client-side limits: `requests_per_minute` and `tokens_per_minute` (prompt characters / 4 +
   max_tokens, an estimate), token buckets that a burst cannot overdraw.
 * Retries with exponential backoff and full jitter, honouring `Retry-After`, up to `max_retries`,
@@ -14,7 +15,11 @@ cloud API), shared by the RL judges, the evaluation judge and data synthesis.
   and tokens; a request that fails for good returns a `HostedError` in its place, never raises
   out of a batch.
 * A content-hash cache (`cache_dir`): the answer to (model, messages, sampling parameters) is kept
-  as one JSON file, written atomically, so a rerun pays for nothing it already has. The API key is
+  as one JSON file, written atomically, so a rerun pays for nothing it already has; a request
+  made while the same one is in flight waits for its answer instead of paying again.
+* `session()`: one connection pool, rate limits and concurrency bound shared by many `complete`
+  calls (the concurrent work items of a synthesis stage); the requests-per-minute pace drops to
+  just under a lower limit the endpoint advertises (`x-ratelimit-limit-requests`). The API key is
   read from the environment variable `api_key_env` only and is part of no hash, file or log line.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -62,6 +68,7 @@ class ClientConfig:
   backoff: float = 1.0  # the first retry's delay bound (s), doubled each retry, with full jitter
   max_backoff: float = 60.0
   cache_dir: str = ""  # "": no cache
+  learn_rate_limits: bool = True  # pace under the endpoint's advertised requests-per-minute limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,23 +94,33 @@ class Completion:
 
 
 class _Bucket:
-  """A token bucket refilled at `per_minute` a minute, holding at most a minute's worth."""
+  """A token bucket refilled at `per_minute` a minute, holding at most `capacity` (a minute's worth)."""
 
   def __init__(self, per_minute: float):
     self.rate, self.level, self.at = per_minute / 60.0, per_minute, time.monotonic()
+    self.capacity = per_minute
 
   async def take(self, amount: float) -> None:
     if self.rate <= 0:
       return
-    amount = min(amount, self.rate * 60)
+    amount = min(amount, self.capacity)
     while True:
       now = time.monotonic()
-      self.level = min(self.rate * 60, self.level + (now - self.at) * self.rate)
+      self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
       self.at = now
       if self.level >= amount:
         self.level -= amount
         return
       await asyncio.sleep((amount - self.level) / self.rate)
+
+
+@dataclasses.dataclass
+class _Session:
+  http: httpx.AsyncClient
+  rpm: _Bucket
+  tpm: _Bucket
+  active: asyncio.Condition
+  in_flight: int = 0
 
 
 class HostedClient:
@@ -117,6 +134,9 @@ class HostedClient:
     self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
     self._limit = config.max_concurrency  # the adaptive concurrency
     self._successes = 0
+    self._session: _Session | None = None
+    self._in_flight: dict[str, asyncio.Future] = {}
+    self._last_cut = -1e9  # when the concurrency was last halved
 
   # ---- synchronous entry points ----
 
@@ -135,49 +155,82 @@ class HostedClient:
 
   # ---- asynchronous ----
 
+  @contextlib.asynccontextmanager
+  async def session(self):
+    """One connection pool, rate limits and concurrency bound shared by every `complete` call made
+    inside (many small calls from concurrent work items behave as one batch)."""
+    if self._session is not None:
+      yield self
+      return
+    async with httpx.AsyncClient(timeout=self.config.timeout, headers=self._headers(),
+                                 limits=httpx.Limits(max_connections=self.config.max_concurrency)) as http:
+      self._session = _Session(http, _Bucket(self.config.requests_per_minute),
+                               _Bucket(self.config.tokens_per_minute), asyncio.Condition())
+      try:
+        yield self
+      finally:
+        self._session = None
+
   async def complete(self, requests: Sequence[Request]) -> list[Completion | HostedError]:
-    rpm, tpm = _Bucket(self.config.requests_per_minute), _Bucket(self.config.tokens_per_minute)
-    active = asyncio.Condition()
-    state = {"active": 0}
-    async with httpx.AsyncClient(timeout=self.config.timeout, headers=self._headers()) as http:
-      async def one(req: Request):
-        cached = self._cached(req)
-        if cached is not None:
-          self.stats["cache_hits"] += 1
-          return cached
-        for attempt in range(self.config.max_retries + 1):
-          async with active:
-            await active.wait_for(lambda: state["active"] < self._limit)
-            state["active"] += 1
-          try:
-            await rpm.take(1)
-            await tpm.take(_estimate_tokens(req))
-            out = await self._post(http, req)
-          except HostedError as e:
-            self.stats[f"error_{e.kind}"] += 1
-            if e.kind == "rate_limit":
-              self._limit, self._successes = max(1, self._limit // 2), 0
-            if e.kind not in _RETRYABLE or attempt == self.config.max_retries:
-              self.stats["failed"] += 1
-              return e
-            self.stats["retries"] += 1
-            delay = random.uniform(0, min(self.config.max_backoff, self.config.backoff * 2 ** attempt))
-            await asyncio.sleep(max(delay, e.retry_after or 0.0))
-            continue
-          finally:
-            async with active:
-              state["active"] -= 1
-              active.notify_all()
-          self._successes += 1
-          if self._successes >= self.config.max_concurrency and self._limit < self.config.max_concurrency:
-            self._limit, self._successes = self._limit + 1, 0
-          self.stats["requests"] += 1
-          self.stats["prompt_tokens"] += out.prompt_tokens
-          self.stats["completion_tokens"] += out.completion_tokens
-          self._store(req, out)
-          return out
-        raise AssertionError("unreachable")
-      return list(await asyncio.gather(*(one(r) for r in requests)))
+    async with self.session():
+      return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+  async def _one(self, req: Request) -> Completion | HostedError:
+    """One request: from the cache, or joining the same request in flight, or sent."""
+    cached = self._cached(req)
+    if cached is not None:
+      self.stats["cache_hits"] += 1
+      return cached
+    key = req.key()
+    if key in self._in_flight:  # the same request from another work item: paid once
+      self.stats["cache_hits"] += 1
+      result = await asyncio.shield(self._in_flight[key])
+      return dataclasses.replace(result, cached=True) if isinstance(result, Completion) else result
+    self._in_flight[key] = asyncio.get_running_loop().create_future()
+    try:
+      result = await self._send(req)
+    except BaseException as e:
+      self._in_flight.pop(key).set_exception(e)
+      raise
+    self._in_flight.pop(key).set_result(result)
+    return result
+
+  async def _send(self, req: Request) -> Completion | HostedError:
+    s = self._session
+    for attempt in range(self.config.max_retries + 1):
+      async with s.active:
+        await s.active.wait_for(lambda: s.in_flight < self._limit)
+        s.in_flight += 1
+      try:
+        await s.rpm.take(1)
+        await s.tpm.take(_estimate_tokens(req))
+        out = await self._post(s.http, req)
+      except HostedError as e:
+        self.stats[f"error_{e.kind}"] += 1
+        if e.kind == "rate_limit":
+          if time.monotonic() - self._last_cut >= 1.0:  # once a second, as TCP once a round trip: the
+            self._limit, self._successes = max(1, self._limit // 2), 0  # 429s of one burst are one signal
+            self._last_cut = time.monotonic()
+        if e.kind not in _RETRYABLE or attempt == self.config.max_retries:
+          self.stats["failed"] += 1
+          return e
+        self.stats["retries"] += 1
+        delay = random.uniform(0, min(self.config.max_backoff, self.config.backoff * 2 ** attempt))
+        await asyncio.sleep(max(delay, e.retry_after or 0.0))
+        continue
+      finally:
+        async with s.active:
+          s.in_flight -= 1
+          s.active.notify_all()
+      self._successes += 1
+      if self._successes >= self._limit and self._limit < self.config.max_concurrency:  # +1 a round trip
+        self._limit, self._successes = self._limit + 1, 0
+      self.stats["requests"] += 1
+      self.stats["prompt_tokens"] += out.prompt_tokens
+      self.stats["completion_tokens"] += out.completion_tokens
+      self._store(req, out)
+      return out
+    raise AssertionError("unreachable")
 
   async def _post(self, http: httpx.AsyncClient, req: Request) -> Completion:
     try:
@@ -187,6 +240,7 @@ class HostedClient:
       raise HostedError("timeout", str(e) or type(e).__name__) from None
     except httpx.TransportError as e:  # refused, reset, dropped mid-body
       raise HostedError("connection", str(e) or type(e).__name__) from None
+    self._learn(r.headers.get("x-ratelimit-limit-requests"))
     if r.status_code == 429:
       raise HostedError("rate_limit", r.text[:200], _retry_after(r.headers.get("retry-after")))
     if r.status_code >= 500:
@@ -210,6 +264,21 @@ class HostedClient:
     return Completion(text, finish, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
 
   # ---- helpers ----
+
+  def _learn(self, limit: str | None) -> None:
+    """Pace requests a little under the limit the endpoint advertises (OpenAI's
+    x-ratelimit-limit-requests header), when it is lower than the configured one: a client that
+    keeps under the limit gets no 429s, where one that finds it by hitting it loses a retry each."""
+    if not limit or not self.config.learn_rate_limits or self._session is None:
+      return
+    try:
+      per_minute = float(limit) * 0.97
+    except ValueError:
+      return
+    bucket = self._session.rpm
+    if per_minute > 0 and (bucket.rate <= 0 or per_minute / 60 < bucket.rate - 1e-9):
+      bucket.rate, bucket.capacity = per_minute / 60, 1.0
+      bucket.level = min(bucket.level, bucket.capacity)
 
   def _url(self, path: str) -> str:
     return self.config.base_url.rstrip("/") + "/" + path

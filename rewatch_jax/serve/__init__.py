@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (app.py) and, later, its backends."""
