@@ -254,3 +254,31 @@ def test_bad_input_and_dry_run(world, server, tmp_path):
   log = proc.communicate(timeout=120)[0]
   assert proc.returncode == 0 and "dry run over 8 videos" in log and "cot" in log, log[-2000:]
   assert served(url) == before
+
+
+@pytest.mark.slow
+def test_synthesized_records_prepare_and_train(world, clean, tmp_path):
+  """synthesize -> prepare -> train: the records as written, prepared with the demo's VideoSpec,
+  and a few SFT steps of the demo model on them."""
+  out, prepared = clean[0], str(tmp_path / "prepared")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  px = str(84 * 112)
+  for kind, name in (("caption", "captions"), ("qa", "qa"), ("cot", "cot")):
+    done = subprocess.run([sys.executable, "launch/prepare.py", "--records", os.path.join(out, f"{name}.jsonl"),
+                           "--videos", world, "--out", prepared, "--config", kind, "--tokenizer",
+                           os.path.join(world, "tokenizer.json"), "--fps", "0.5", "--max_frames", "16",
+                           "--min_pixels", px, "--max_pixels", px, "--total_pixels", str(16 * 84 * 112)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    n = sum(1 for _ in open(os.path.join(out, f"{name}.jsonl")))
+    assert done.returncode == 0 and f"{kind}: wrote {n} of {n} records" in done.stderr, done.stderr[-3000:]
+  work = str(tmp_path / "train")
+  done = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.py:sft", "--workdir", work,
+                         "--config.total_steps=3", "--config.log_every_steps=1", "--config.checkpoint_every_steps=3",
+                         "--config.demo.videos=0", f"--config.data.dir={prepared}",
+                         f"--config.tokenizer={os.path.join(world, 'tokenizer.json')}",
+                         "--config.data.weights.perception=0", "--config.data.weights.perception_cot=0"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  losses = [json.loads(x)["loss"] for x in open(os.path.join(work, "metrics.jsonl")) if '"loss"' in x]
+  assert len(losses) == 3 and all(0 < x < 100 for x in losses)

@@ -11,7 +11,8 @@ under load (`Faults`): a fixed `latency` per request, a requests-per-minute limi
 `fault_rate`, and faults queued through `POST /v1/faults {"faults": [...]}`, served one a request:
 "429", "500", "503", "slow" (answers after `slow_seconds`), "drop" (the connection closes before
 the body), "truncated" (half the JSON body), "malformed" (JSON without `choices`),
-"content_filter" (finish_reason content_filter). `GET /v1/stats` counts what was served.
+"content_filter" (finish_reason content_filter). `GET /v1/stats` counts the chat requests, the
+faults and the statuses of the answers, and the most requests in flight.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ class Faults:
   """What the server does wrong, and its counts (see the module docstring)."""
 
   def __init__(self, latency: float = 0.0, requests_per_minute: float = 0.0, fault_rate: float = 0.0,
-               kinds: tuple[str, ...] = FAULTS, slow_seconds: float = 5.0, seed: int = 0):
+               kinds: tuple[str, ...] = FAULTS, slow_seconds: float = 5.0, seed: int = 0, retry_after: float = 0.2):
     unknown = set(kinds) - set(FAULTS)
     if unknown or not 0 <= fault_rate <= 1:
       raise ValueError(f"fault kinds must be among {FAULTS} (got {sorted(unknown)}), fault_rate in [0, 1]")
     self.latency, self.rpm, self.rate, self.kinds = latency, requests_per_minute, fault_rate, tuple(kinds)
-    self.slow_seconds = slow_seconds
+    self.slow_seconds, self.retry_after = slow_seconds, retry_after  # (retry_after: of an injected 429)
+    self.in_flight = self.max_in_flight = 0
     self.queue: list[str] = []
     self.rng = random.Random(seed)
     self.window: collections.deque[float] = collections.deque()  # times of admitted requests, last minute
@@ -100,14 +102,26 @@ class _Misbehave:
     if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
       return await self.app(scope, receive, send)
     f = self.faults
+    with f.lock:
+      f.in_flight += 1
+      f.max_in_flight = max(f.max_in_flight, f.in_flight)
+    try:
+      await self._serve(scope, receive, send)
+    finally:
+      with f.lock:
+        f.in_flight -= 1
+
+  async def _serve(self, scope, receive, send):
+    f = self.faults
     if f.latency:
       await asyncio.sleep(f.latency)
     wait = f.admit()
     fault = "429" if wait is not None else f.next_fault()
     f.stats["requests"] += 1
-    f.stats[f"fault_{fault}" if fault else "answered"] += 1
+    if fault:
+      f.stats[f"fault_{fault}"] += 1
     if fault in ("429", "500", "503"):
-      headers = [(b"retry-after", f"{wait if wait is not None else 0.2:.3f}".encode())] if fault == "429" else []
+      headers = [(b"retry-after", f"{f.retry_after if wait is None else wait:.3f}".encode())] if fault == "429" else []
       return await _send(send, int(fault), {"error": {"message": f"injected {fault}", "type": "server"}}, headers)
     if fault == "drop":  # headers promising a body that never comes; uvicorn then closes the connection
       await send({"type": "http.response.start", "status": 200,
@@ -121,6 +135,7 @@ class _Misbehave:
       (start.update if message["type"] == "http.response.start" else body.append)(message)
 
     await self.app(scope, receive, keep)
+    f.stats[f"status_{start.get('status')}"] += 1
     data = b"".join(m.get("body", b"") for m in body)
     if start.get("status") == 200 and fault in ("truncated", "malformed", "content_filter"):
       if fault == "truncated":
@@ -199,7 +214,7 @@ def create_app(backend: Backend, faults: Faults | None = None):
 
   @app.get("/v1/stats")
   def stats():
-    return dict(faults.stats)
+    return dict(faults.stats, max_in_flight=faults.max_in_flight)
 
   return _Misbehave(app, faults)
 
