@@ -1,9 +1,12 @@
 """Frames for the hosted model: the project's decoder and VideoSpec, sent as JPEG data URLs, each
-after a text part giving its time (seconds from `offset`, the segment's start)."""
+after a text part giving its time (seconds from `offset`, the segment's start). A video is encoded
+once, right after decoding (`load`), and only its JPEGs are kept while its requests are out: a
+fraction of the decoded frames' memory."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import numpy as np
@@ -19,8 +22,15 @@ def spec(fps: float, pixels: int, max_frames: int) -> VideoSpec:
                    total_pixels=pixels * max_frames)
 
 
-def decode(path: str, video_spec: VideoSpec) -> Video:
-  return load_video(path, video_spec, threads=1)
+@dataclasses.dataclass(frozen=True)
+class Frames:
+  timestamps: np.ndarray  # (T,) seconds
+  urls: tuple[str, ...]  # JPEG data URLs
+
+
+def load(path: str, video_spec: VideoSpec) -> Frames:
+  video: Video = load_video(path, video_spec, threads=1)
+  return Frames(video.timestamps, tuple(data_url(f) for f in video.frames))
 
 
 def data_url(frame: np.ndarray, quality: int = 85) -> str:
@@ -29,7 +39,7 @@ def data_url(frame: np.ndarray, quality: int = 85) -> str:
   return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def parts(video: Video, start: float, end: float, limit: int, offset: float = 0.0) -> list[dict]:
+def parts(video: Frames, start: float, end: float, limit: int, offset: float = 0.0) -> list[dict]:
   """The chat-message parts for the frames of `video` in [start, end] (at most `limit`, evenly
   spread), each labelled with its time minus `offset`."""
   inside = np.flatnonzero((video.timestamps >= start - 1e-6) & (video.timestamps <= end + 1e-6))
@@ -40,5 +50,5 @@ def parts(video: Video, start: float, end: float, limit: int, offset: float = 0.
   out = []
   for i in inside:
     out.append({"type": "text", "text": f"{video.timestamps[i] - offset:.1f}s"})
-    out.append({"type": "image_url", "image_url": {"url": data_url(video.frames[i])}})
+    out.append({"type": "image_url", "image_url": {"url": video.urls[i]}})
   return out

@@ -25,6 +25,7 @@ import json
 import os
 import re
 
+from data_synthesis.roles import REPAIR
 from rewatch_jax.data import records
 from rewatch_jax.data.records import LETTERS, format_timestamp, parse_caption, parse_timestamp
 from rewatch_jax.demo import toyworld
@@ -32,7 +33,7 @@ from rewatch_jax.rewards.accuracy import accuracy
 from rewatch_jax.rewards.format import check_format
 from rewatch_jax.rewards.judges import content_words
 
-REPAIR_MARK = "is not valid"  # in the pipeline's repair message (roles.REPAIR)
+REPAIR_MARK = REPAIR.split("{")[0]  # how the pipeline asks for a repair
 
 
 def _hash(*parts) -> int:
@@ -93,8 +94,8 @@ class OracleBackend:
     video = video.group(1) if video else ""
     if schema in ("Segments", "Events") and not images:
       raise ValueError(f"{schema}: no frames in the request")
-    if video and video not in self.captions and schema not in ("Answer",):
-      raise ValueError(f"the oracle knows no video {video!r}")
+    if schema not in ("Answer", "Reasoning") and video not in self.captions:  # (probes, M_convert: no video)
+      raise ValueError(f"the oracle knows no video {video!r}" if video else f"{schema}: no 'Video:' line in the prompt")
     out = json.dumps(handler(video, prompt))
     repairing = REPAIR_MARK in prompt
     if not repairing and _hash(schema, prompt) % 10 == 0:

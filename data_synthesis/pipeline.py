@@ -40,6 +40,8 @@ from rewatch_jax.hosted.client import ClientConfig, HostedClient, HostedError
 
 STAGES = stages.STAGE_NAMES
 STORES = {"caption": "captions", "qa": "qa_candidates", "filter": "qa_filtered", "mc": "qa", "cot": "cot"}
+
+
 class Synthesis:
   def __init__(self, config: ml_collections.ConfigDict, videos: str, out: str):
     self.c, self.videos_dir, self.out = config, videos, out
@@ -56,7 +58,7 @@ class Synthesis:
     self.stores = {stage: StageStore(out, name) for stage, name in STORES.items()}
     self.journal = stages.StepJournal(os.path.join(out, "cot.steps.jsonl"))
     self.unfinished: collections.Counter = collections.Counter()
-    self.stopped = ""  # why the run stopped early ("budget"), "" when it did not
+    self.stopped = ""  # why the run stopped early (the budget spent), "" when it did not
     self.decode_slots: asyncio.Semaphore | None = None
 
   # ---- start-up checks ----
@@ -120,6 +122,7 @@ class Synthesis:
     async with contextlib.AsyncExitStack() as sessions:
       for client in self.clients.values():  # one connection pool and rate limit per endpoint
         await sessions.enter_async_context(client.session())
+
       async def one(item: str):
         async with slots:
           if self.stopped:

@@ -102,7 +102,7 @@ def caption(run):
         return Outcome(status="too_short", info={"error": f"{info.duration:.1f} s, shorter than caption.min_duration "
                                                           f"({c.min_duration} s)"})
       async with run.decode_slots:
-        decoded = await asyncio.to_thread(frames.decode, path, spec)
+        decoded = await asyncio.to_thread(frames.load, path, spec)
     except VideoError as e:
       return Outcome(status="unreadable", info={"error": str(e)})
     duration = float(info.duration)
@@ -331,7 +331,8 @@ def cot(run):
     if r is None:
       return Outcome(status="bad_format", info=info)
     lineage = _lineage(run, "convert", usage, q.lineage.video_spec_hash, qa=q.id, steps=len(steps),
-                       reasoner=roles["reasoner"].lineage(), observer=roles["observer"].lineage())
+                       reasoner=roles["reasoner"].lineage(), observer=roles["observer"].lineage(),
+                       verdicts=q.lineage.extra.get("verdicts"))
     record = CoTRecord(video=q.video, question=q.question, answer=q.answer, question_type=q.question_type, form=q.form,
                        options=q.options, duration=q.duration, reasoning=r.reasoning, lineage=lineage)
     return Outcome([record], info=info)

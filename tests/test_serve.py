@@ -26,7 +26,7 @@ def test_bad_requests_get_openai_style_errors():
     ok = chat(model="judge", messages=[{"role": "user", "content": "hello there"}], temperature=0.3).json()
     assert ok["choices"][0]["message"]["content"] == "ok" and ok["usage"]["prompt_tokens"] == 2
     stats = httpx.get(url + "/stats").json()
-    assert (stats["requests"], stats["status_200"], stats["status_404"], stats["status_422"]) == (4, 1, 1, 1)
+    assert (stats["requests"], stats["answered"], stats["status_404"], stats["status_422"]) == (4, 1, 1, 1)
 
 
 def test_launch_serve_answers_the_synthesis_roles(tmp_path):

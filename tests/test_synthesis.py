@@ -129,7 +129,8 @@ def test_stages_against_the_world(world, clean):
   assert c["tried"] == len(qa) and 0.5 < c["acceptance_rate"] < 1
   for r in cots:
     trace = check_format(r.reasoning, r.duration)
-    assert trace.ok and trace.steps and (r.id and qa[r.lineage.extra["qa"]].answer == r.answer)
+    assert trace.ok and trace.steps and qa[r.lineage.extra["qa"]].answer == r.answer
+    assert r.lineage.extra["verdicts"]["f1_correct"] and r.lineage.extra["usage"]["answers"] >= 3
   # invalid answers quarantined with their raw text; the report counts what the files hold
   with open(os.path.join(out, "quarantine.jsonl")) as fq:
     quarantined = [json.loads(x) for x in fq]

@@ -11,8 +11,9 @@ under load (`Faults`): a fixed `latency` per request, a requests-per-minute limi
 `fault_rate`, and faults queued through `POST /v1/faults {"faults": [...]}`, served one a request:
 "429", "500", "503", "slow" (answers after `slow_seconds`), "drop" (the connection closes before
 the body), "truncated" (half the JSON body), "malformed" (JSON without `choices`),
-"content_filter" (finish_reason content_filter). `GET /v1/stats` counts the chat requests, the
-faults and the statuses of the answers, and the most requests in flight.
+"content_filter" (finish_reason content_filter). `GET /v1/stats` counts the chat requests, those
+refused by the rate limit, the faults, the statuses, the answers without a fault, and the most
+requests in flight.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ class _Misbehave:
     wait = f.admit()
     fault = "429" if wait is not None else f.next_fault()
     f.stats["requests"] += 1
-    if fault:
+    if wait is not None:
+      f.stats["rate_limited"] += 1
+    elif fault:
       f.stats[f"fault_{fault}"] += 1
     if fault in ("429", "500", "503"):
       headers = [(b"retry-after", f"{f.retry_after if wait is None else wait:.3f}".encode())] if fault == "429" else []
@@ -136,6 +139,8 @@ class _Misbehave:
 
     await self.app(scope, receive, keep)
     f.stats[f"status_{start.get('status')}"] += 1
+    if start.get("status") == 200 and not fault:
+      f.stats["answered"] += 1
     data = b"".join(m.get("body", b"") for m in body)
     if start.get("status") == 200 and fault in ("truncated", "malformed", "content_filter"):
       if fault == "truncated":
