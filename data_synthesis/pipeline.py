@@ -1,12 +1,12 @@
 """The synthesis run: stages over work items, resumable, with its report and dataset card.
 
-`Synthesis(config, videos, out).run(stages)` runs the stages in order (stages.py has what each
-does). Every stage walks its work items (a video; a QA pair) concurrently, at most
-`items_in_flight` at once, all sharing one hosted client per endpoint (its concurrency and rate
-limits); an item's records are committed to the stage's StageStore as it finishes, so a run killed
-at any moment and started again redoes only unfinished items, and their requests already paid for
-come from the client's cache. An item fails alone: an unreadable video, an answer that stays
-invalid (quarantined), a request the endpoint refuses for good; an endpoint that stays down leaves
+`Synthesis(config, videos, out).run(stages)` runs the stages (stages.py has what each does), all
+at once: a stage's work items (a video; a QA pair) start as the stage before commits their
+inputs, at most `items_in_flight` at once a stage, all sharing one hosted client per endpoint (its
+concurrency and rate limits); an item's records are committed to the stage's StageStore as it
+finishes, so a run killed at any moment and started again redoes only unfinished items, and their
+requests already paid for come from the client's cache. An item fails alone: an unreadable video,
+an answer that stays invalid (quarantined), a content filter; an endpoint that stays down leaves
 its items undone for the next run. Once the budget is spent no new item starts; the run ends with
 its report written.
 
@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from tqdm import tqdm
@@ -36,6 +36,7 @@ from data_synthesis.costs import BudgetExceeded, Costs, Price
 from data_synthesis.roles import Asker, Failed, Quarantine, Role, Unfinished
 from data_synthesis.stages import Outcome
 from data_synthesis.store import StageStore
+from rewatch_jax.data.records import CaptionRecord
 from rewatch_jax.hosted.client import ClientConfig, HostedClient, HostedError
 
 STAGES = stages.STAGE_NAMES
@@ -60,6 +61,8 @@ class Synthesis:
     self.unfinished: collections.Counter = collections.Counter()
     self.stopped = ""  # why the run stopped early (the budget spent), "" when it did not
     self.decode_slots: asyncio.Semaphore | None = None
+    self._captions: dict[str, CaptionRecord] = {}
+    self._captions_seen = 0
 
   # ---- start-up checks ----
 
@@ -106,47 +109,93 @@ class Synthesis:
 
   async def _run(self, which: Sequence[str]) -> None:
     self.decode_slots = asyncio.Semaphore(self.c.decode_workers)
+    self.wake = {name: asyncio.Event() for name in STAGES}
+    self.finished = {name: asyncio.Event() for name in STAGES}
     for name in STAGES:
-      if name not in which:
-        continue
-      items, work = getattr(stages, name)(self)
-      await self._stage(name, items, work)
-      if self.stopped:
-        return
-
-  async def _stage(self, name: str, items: list[str], work: Callable[[str], Awaitable[Outcome]]) -> None:
-    store = self.stores[name]
-    todo = [i for i in items if not store.is_done(i)]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{name:8s}", unit="item", dynamic_ncols=True)
-    slots = asyncio.Semaphore(self.c.items_in_flight)
+      if name not in which:  # its records so far are all the next stage gets
+        self.finished[name].set()
     async with contextlib.AsyncExitStack() as sessions:
       for client in self.clients.values():  # one connection pool and rate limit per endpoint
         await sessions.enter_async_context(client.session())
+      await asyncio.gather(*(self._stage(name, getattr(stages, name)(self)) for name in STAGES if name in which))
 
-      async def one(item: str):
-        async with slots:
-          if self.stopped:
-            return
-          try:
-            self.costs.check()
-          except BudgetExceeded as e:
-            self.stopped = str(e)
-            return
-          try:
-            outcome = await work(item)
-          except Unfinished as e:
-            self.unfinished[name] += 1
-            if self.unfinished[name] <= 3:
-              tqdm.write(f"{name}: {item} left for the next run: {e}" + ("; further ones are counted in the report"
-                                                                          if self.unfinished[name] == 3 else ""))
-            return
-          except Failed as e:
-            outcome = Outcome(status=f"error:{e.kind}", info={"error": str(e)})
-          store.commit(item, outcome.records, outcome.status, **outcome.info)
+  async def _stage(self, name: str, stage: stages.Stage) -> None:
+    """Run `stage`'s items as they become known: all at once for the first stage, then one per
+    record the upstream stage commits, at most `items_in_flight` at a time, until the upstream
+    stage has finished and nothing is left (the stages overlap: no stage waits for the last item
+    of the one before)."""
+    store, wake, limit = self.stores[name], self.wake[name], self.c.items_in_flight
+    bar = tqdm(total=0, desc=f"{name:8s}", unit="item", position=STAGES.index(name), dynamic_ncols=True)
+    queue, started, running, errors = collections.deque(stage.initial), set(), set(), []
+    seen = 0  # upstream records read so far
+
+    def finished(task: asyncio.Task) -> None:
+      running.discard(task)
+      if not task.cancelled() and task.exception() is not None:
+        errors.append(task.exception())
+      wake.set()
+
+    while True:
+      wake.clear()
+      upstream_done = stage.upstream is None or self.finished[stage.upstream].is_set()  # (before reading)
+      if stage.upstream is not None:
+        upstream = self.stores[stage.upstream].order
+        for record in upstream[seen:]:
+          queue.extend(stage.items_of(record))
+        seen = len(upstream)
+      while queue and len(running) < limit and not self.stopped:
+        item = queue.popleft()
+        if item in started:
+          continue
+        started.add(item)
+        bar.total += 1
+        if store.is_done(item):
           bar.update(1)
-          bar.set_postfix_str(f"${self.costs.spent:.4f} {self._tokens() / 1e3:.0f}k tok", refresh=False)
-      await asyncio.gather(*(one(i) for i in todo))
+          continue
+        task = asyncio.create_task(self._item(name, item, stage.work, bar))
+        running.add(task)
+        task.add_done_callback(finished)
+      bar.refresh()
+      if errors:
+        raise errors[0]
+      if upstream_done and not running and (not queue or self.stopped):
+        break
+      await wake.wait()
     bar.close()
+    self.finished[name].set()
+    for event in self.wake.values():
+      event.set()
+
+  async def _item(self, name: str, item: str, work, bar) -> None:
+    """One work item: done and committed, failed and committed, or left for the next run."""
+    try:
+      self.costs.check()
+    except BudgetExceeded as e:
+      self.stopped = str(e)
+      return
+    try:
+      outcome = await work(item)
+    except Unfinished as e:
+      self.unfinished[name] += 1
+      if self.unfinished[name] <= 3:
+        tqdm.write(f"{name}: {item} left for the next run: {e}" + ("; further ones are counted in the report"
+                                                                    if self.unfinished[name] == 3 else ""))
+      return
+    except Failed as e:
+      outcome = Outcome(status=f"error:{e.kind}", info={"error": str(e)})
+    self.stores[name].commit(item, outcome.records, outcome.status, **outcome.info)
+    bar.update(1)
+    bar.set_postfix_str(f"${self.costs.spent:.4f} {self._tokens() / 1e3:.0f}k tok", refresh=False)
+    for event in self.wake.values():  # (the next stage has a new record)
+      event.set()
+
+  def caption(self, video: str) -> CaptionRecord:
+    """The committed caption (C_detail) of `video`."""
+    captions = self.stores["caption"].order
+    while self._captions_seen < len(captions):
+      self._captions[captions[self._captions_seen].video] = captions[self._captions_seen]
+      self._captions_seen += 1
+    return self._captions[video]
 
   def _tokens(self) -> int:
     return sum(r["prompt_tokens"] + r["completion_tokens"] for r in self.costs.usage.values())
@@ -158,9 +207,10 @@ class Synthesis:
     done = {name: list(store.done.values()) for name, store in self.stores.items()}
     by_status = {name: dict(collections.Counter(d["status"] for d in lines)) for name, lines in done.items()}
     files = {STORES[name]: len(store) for name, store in self.stores.items()}
-    errors = collections.Counter()
+    errors = collections.defaultdict(collections.Counter)  # stage -> request errors by kind
     for client in self.clients.values():
-      errors.update({k.removeprefix("error_"): v for k, v in client.stats.items() if k.startswith("error_")})
+      for stage, counts in client.errors_by_tag.items():
+        errors[stage].update(counts)
     filters = collections.Counter()
     per_type = collections.defaultdict(collections.Counter)
     for d in done["filter"]:
@@ -179,7 +229,8 @@ class Synthesis:
         unreadable=[{"video": d["item"], "error": d.get("error", "")} for d in done["caption"]
                     if d["status"] in ("unreadable", "too_short")],
         usage=self.costs.table(), spent=round(self.costs.spent, 6), budget=self.c.budget,
-        errors_this_run=dict(errors), invalid_answers_this_run=self.asker.invalid,
+        errors_this_run={stage: dict(c) for stage, c in sorted(errors.items())},
+        invalid_answers_this_run=self.asker.invalid,
         filters=dict(kept=filters["kept"], dropped=filters["dropped"],
                      **{k: v for k, v in filters.items() if k.startswith("dropped_by_")}),
         filters_by_type={t: dict(c) for t, c in sorted(per_type.items())},
@@ -219,8 +270,9 @@ def card(r: dict) -> str:
       lines.append(f"| {stage} | {role} | {u['requests']} | {u['cached']} | {u['prompt_tokens']} | "
                    f"{u['completion_tokens']} | {u['cost']:.4f} |")
   lines += ["", f"Spent ${r['spent']:.4f}" + (f" of a ${r['budget']:.2f} budget." if r["budget"] else "."), "",
-            f"Request errors this run, by kind: {r['errors_this_run'] or 'none'}; invalid answers "
-            f"(repaired or quarantined): {r['invalid_answers_this_run']}.", "",
+            "Request errors this run (each retried, or its item left for the next run), by stage and kind: "
+            + ("; ".join(f"{stage}: {dict(c)}" for stage, c in r["errors_this_run"].items()) or "none")
+            + f". Invalid answers (repaired or quarantined): {r['invalid_answers_this_run']}.", "",
             "## Filters (F1 answer verification, F2 text-only probes, F3 summary probes)", "",
             f"Kept {r['filters']['kept']}, dropped {r['filters']['dropped']} "
             f"({', '.join(f'{k[11:]}: {v}' for k, v in r['filters'].items() if k.startswith('dropped_by_')) or '-'}).",

@@ -144,7 +144,7 @@ class Asker:
     messages = [{"role": "user", "content": content}]
     client = self.clients[role.base_url or self.default_url]
     for attempt in range(self.repair_attempts + 1):
-      (result,) = await client.complete([Request(model, messages, role.params())])
+      (result,) = await client.complete([Request(model, messages, role.params(), tag=stage)])
       if isinstance(result, HostedError):
         if result.kind in FINAL:
           raise Failed(result.kind, f"{role.name} ({model}): {result}")

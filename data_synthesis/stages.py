@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import Awaitable, Callable
 
 from data_synthesis import frames, schemas
 from data_synthesis.roles import Usage
@@ -51,6 +52,16 @@ def find_videos(root: str) -> list[str]:
     out += [os.path.relpath(os.path.join(d, f), root) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
             and not f.endswith(".tmp.mp4")]
   return sorted(out)
+
+
+@dataclasses.dataclass
+class Stage:
+  """A stage's work: items from the start (`initial`) or one per upstream record as it is committed
+  (`items_of` a record of the `upstream` stage), and the async function doing one item."""
+  work: Callable[[str], Awaitable[Outcome]]
+  initial: tuple[str, ...] = ()
+  upstream: str | None = None
+  items_of: Callable[[records.Record], list[str]] = lambda r: []
 
 
 @dataclasses.dataclass
@@ -143,17 +154,14 @@ def caption(run):
                                             segments=[list(s) for s in spans]))
     return Outcome([record], info={"usage": dataclasses.asdict(usage), "segments": len(spans)})
 
-  return find_videos(run.videos_dir), work
+  return Stage(work, initial=tuple(find_videos(run.videos_dir)))
 
 
 # ---- QA ----
 
-def _captions(run) -> dict[str, CaptionRecord]:
-  return {r.video: r for r in run.stores["caption"].records()}
-
 
 def qa(run):
-  caps, roles, ask, types = _captions(run), run.roles, run.asker.ask, tuple(run.c.qa.question_types)
+  roles, ask, types = run.roles, run.asker.ask, tuple(run.c.qa.question_types)
 
   def known_types(ans: schemas.Questions) -> None:
     bad = sorted({q.question_type for q in ans.questions} - set(types))
@@ -161,7 +169,7 @@ def qa(run):
       raise ValueError(f"question_type {bad} not among {list(types)}")
 
   async def work(video: str):
-    cap, usage = caps[video], Usage()
+    cap, usage = run.caption(video), Usage()
     line = _video_line(video, cap.duration)
     s = await ask("qa", video, roles["summary"], dict(video_line=line, caption=cap.text), usage)
     q = s and await ask("qa", video, roles["qa"], dict(video_line=line, caption=cap.text, summary=s.summary,
@@ -177,20 +185,18 @@ def qa(run):
       recs.setdefault(rec.id, rec)
     return Outcome(list(recs.values()), info={"usage": dataclasses.asdict(usage), "summary": s.summary})
 
-  return sorted(caps), work
+  return Stage(work, upstream="caption", items_of=lambda r: [r.video])
 
 
 # ---- filters ----
 
 def filter(run):  # noqa: A001 (the stage's name)
-  caps, roles, ask, f = _captions(run), run.roles, run.asker.ask, run.c.filter
-  summaries = {d["item"]: d.get("summary", "") for d in run.stores["qa"].done.values()}
-  candidates = {r.id: r for r in run.stores["qa"].records()}
+  roles, ask, f = run.roles, run.asker.ask, run.c.filter
 
   async def work(cid: str):
-    q, usage = candidates[cid], Usage()
-    cap = caps[q.video]
-    summary = summaries[q.video]
+    q, usage = run.stores["qa"].by_id[cid], Usage()
+    cap = run.caption(q.video)
+    summary = run.stores["qa"].done[q.video]["summary"]
     asks = [ask("filter", cid, roles["verify"], dict(video_line=_video_line(q.video, cap.duration), caption=cap.text,
                                                      question=q.question, answer=q.answer), usage)]
     asks += [ask("filter", cid, roles["probe_text"], dict(question=q.question), usage, model=m) for m in f.text_probes]
@@ -211,17 +217,16 @@ def filter(run):  # noqa: A001 (the stage's name)
     extra = dict(q.lineage.extra, verdicts=verdicts, filter_usage=dataclasses.asdict(usage))
     return Outcome([dataclasses.replace(q, lineage=dataclasses.replace(q.lineage, extra=extra))], "kept", info)
 
-  return sorted(candidates), work
+  return Stage(work, upstream="qa", items_of=lambda r: [r.id])
 
 
 # ---- multiple choice ----
 
 def mc(run):
-  kept = {r.id: r for r in run.stores["filter"].records()}
   roles, ask = run.roles, run.asker.ask
 
   async def work(qid: str):
-    q, usage = kept[qid], Usage()
+    q, usage = run.stores["filter"].by_id[qid], Usage()
 
     def one_right(ans: schemas.MultipleChoice) -> None:
       right = [k for k, o in zip(records.LETTERS, ans.options) if _right(o, q)]
@@ -240,7 +245,7 @@ def mc(run):
     paired = dataclasses.replace(q, lineage=dataclasses.replace(q.lineage, extra=dict(q.lineage.extra, pair=choice.id)))
     return Outcome([paired, choice], info={"usage": dataclasses.asdict(usage)})
 
-  return sorted(kept), work
+  return Stage(work, upstream="filter", items_of=lambda r: [r.id])
 
 
 # ---- CoT: Multi-Agent ReAct ----
@@ -271,12 +276,12 @@ def _history(steps: list[dict]) -> str:
 
 
 def cot(run):
-  caps, roles, ask, c = _captions(run), run.roles, run.asker.ask, run.c.cot
-  qas = {r.id: r for r in run.stores["mc"].records() if r.form in tuple(c.forms)}
+  roles, ask, c = run.roles, run.asker.ask, run.c.cot
+  forms = tuple(c.forms)
 
   async def work(qid: str):
-    q, usage = qas[qid], Usage()
-    cap = caps[q.video]
+    q, usage = run.stores["mc"].by_id[qid], Usage()
+    cap = run.caption(q.video)
     line, mmss = _video_line(q.video, cap.duration), format_timestamp(q.duration)
     options = ("Options: " + " | ".join(f"{k}. {o}" for k, o in zip(records.LETTERS, q.options))) if q.options else ""
     steps, final = run.journal.history(qid), None
@@ -337,4 +342,4 @@ def cot(run):
                        options=q.options, duration=q.duration, reasoning=r.reasoning, lineage=lineage)
     return Outcome([record], info=info)
 
-  return sorted(qas), work
+  return Stage(work, upstream="mc", items_of=lambda r: [r.id] if r.form in forms else [])

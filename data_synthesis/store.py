@@ -12,7 +12,8 @@ and flushing that: the done line is the commit point. Reopening a stage (a rerun
 command) keeps exactly the records of committed items: a torn last line (killed mid-write) and the
 records of an item killed before its done line are dropped (the files rewritten atomically), and
 the item counts as not done, so it is redone (its paid requests answered from the hosted client's
-cache). A record id committed twice is written once.
+cache). A record id committed twice is written once. The committed records are also
+kept in memory (`order`, `by_id`), where the next stage reads them as they come.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class StageStore:
     self.dropped = len(lines) - len(kept)  # written by an item killed before its commit
     if torn or self.dropped:
       _rewrite(self.path, kept)
-    self._ids = seen
+    self.order = [records.from_json(line) for line in kept]  # committed records, in commit order
+    self.by_id = {r.id: r for r in self.order}
 
   def is_done(self, item: str) -> bool:
     return item in self.done
@@ -57,18 +59,19 @@ class StageStore:
     if item in self.done:
       raise ValueError(f"item {item!r} is already done in {self.done_path}")
     recs = list(recs)
-    new = [r for r in recs if r.id not in self._ids]
+    new = list({r.id: r for r in recs if r.id not in self.by_id}.values())
     _append(self.path, [records.to_json(r) for r in new])
-    self._ids.update(r.id for r in new)
     line = dict(item=item, status=status, records=[r.id for r in recs], **info)
     _append(self.done_path, [line])
     self.done[item] = line
+    self.order += new  # (visible to the next stage once committed)
+    self.by_id.update((r.id, r) for r in new)
 
   def records(self) -> Iterator[records.Record]:
-    yield from records.read_jsonl(self.path) if os.path.exists(self.path) else ()
+    return iter(self.order)
 
   def __len__(self) -> int:
-    return len(self._ids)
+    return len(self.order)
 
 
 def read_log(path: str) -> list[dict]:

@@ -172,8 +172,9 @@ def test_faults_end_in_the_clean_records(world, server, clean, tmp_path):
   finally:
     faults.rate = 0.0
   assert contents(out) == contents(clean[0])
-  kinds = report["errors_this_run"]
-  assert {"rate_limit", "server_error", "timeout", "connection", "truncated", "invalid_output"} <= set(kinds), kinds
+  kinds = {k for stage in report["errors_this_run"].values() for k in stage}
+  assert {"rate_limit", "server_error", "timeout", "connection", "truncated", "invalid_output"} <= kinds, kinds
+  assert {"caption", "filter", "cot"} <= set(report["errors_this_run"])  # (counted per stage)
 
 
 def test_content_filter_fails_only_its_item(world, server, tmp_path):
@@ -182,7 +183,7 @@ def test_content_filter_fails_only_its_item(world, server, tmp_path):
   faults.queue[:] = ["content_filter"]
   report = Synthesis(config(url), world, out).run(["caption"])
   assert report["items"]["caption"] == {"error:content_filter": 1, "ok": 7}
-  assert report["errors_this_run"] == {"content_filter": 1}
+  assert report["errors_this_run"] == {"caption": {"content_filter": 1}}
 
 
 def _synthesize(world, url, out, *flags):

@@ -19,8 +19,9 @@ cloud API), shared by the RL judges, the evaluation judge and data synthesis.
   made while the same one is in flight waits for its answer instead of paying again.
 * `session()`: one connection pool, rate limits and concurrency bound shared by many `complete`
   calls (the concurrent work items of a synthesis stage); the requests-per-minute pace drops to
-  just under a lower limit the endpoint advertises (`x-ratelimit-limit-requests`). The API key is
-  read from the environment variable `api_key_env` only and is part of no hash, file or log line.
+  just under a lower limit the endpoint advertises (`x-ratelimit-limit-requests`).
+* The API key is read from the environment variable `api_key_env` only and is part of no hash, file
+  or log line.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Request:
   model: str
   messages: list[dict]
   params: dict = dataclasses.field(default_factory=dict)  # temperature, max_tokens, response_format, ...
+  tag: str = ""  # who asks (a synthesis stage): errors are counted per tag too; not part of the key
 
   def key(self) -> str:
     """The cache key: a hash of what decides the answer (never the API key)."""
@@ -131,6 +133,7 @@ class HostedClient:
       raise ValueError(f"need max_concurrency >= 1, max_retries >= 0 and timeout > 0: {config}")
     self.config = config
     self.stats: collections.Counter = collections.Counter()
+    self.errors_by_tag: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
     self._limit = config.max_concurrency  # the adaptive concurrency
     self._successes = 0
@@ -206,30 +209,32 @@ class HostedClient:
         await s.tpm.take(_estimate_tokens(req))
         out = await self._post(s.http, req)
       except HostedError as e:
-        self.stats[f"error_{e.kind}"] += 1
-        if e.kind == "rate_limit":
-          if time.monotonic() - self._last_cut >= 1.0:  # once a second, as TCP once a round trip: the
-            self._limit, self._successes = max(1, self._limit // 2), 0  # 429s of one burst are one signal
-            self._last_cut = time.monotonic()
-        if e.kind not in _RETRYABLE or attempt == self.config.max_retries:
-          self.stats["failed"] += 1
-          return e
-        self.stats["retries"] += 1
-        delay = random.uniform(0, min(self.config.max_backoff, self.config.backoff * 2 ** attempt))
-        await asyncio.sleep(max(delay, e.retry_after or 0.0))
-        continue
-      finally:
+        out = e
+      finally:  # (a request backing off holds no slot)
         async with s.active:
           s.in_flight -= 1
           s.active.notify_all()
-      self._successes += 1
-      if self._successes >= self._limit and self._limit < self.config.max_concurrency:  # +1 a round trip
-        self._limit, self._successes = self._limit + 1, 0
-      self.stats["requests"] += 1
-      self.stats["prompt_tokens"] += out.prompt_tokens
-      self.stats["completion_tokens"] += out.completion_tokens
-      self._store(req, out)
-      return out
+      if isinstance(out, Completion):
+        self._successes += 1
+        if self._successes >= self._limit and self._limit < self.config.max_concurrency:  # +1 a round trip
+          self._limit, self._successes = self._limit + 1, 0
+        self.stats["requests"] += 1
+        self.stats["prompt_tokens"] += out.prompt_tokens
+        self.stats["completion_tokens"] += out.completion_tokens
+        self._store(req, out)
+        return out
+      self.stats[f"error_{out.kind}"] += 1
+      self.errors_by_tag[req.tag][out.kind] += 1
+      if out.kind == "rate_limit" and time.monotonic() - self._last_cut >= 1.0:
+        # halved once a second at most, as TCP once a round trip: the 429s of one burst are one signal
+        self._limit, self._successes = max(1, self._limit // 2), 0
+        self._last_cut = time.monotonic()
+      if out.kind not in _RETRYABLE or attempt == self.config.max_retries:
+        self.stats["failed"] += 1
+        return out
+      self.stats["retries"] += 1
+      delay = random.uniform(0, min(self.config.max_backoff, self.config.backoff * 2 ** attempt))
+      await asyncio.sleep(max(delay, out.retry_after or 0.0))
     raise AssertionError("unreachable")
 
   async def _post(self, http: httpx.AsyncClient, req: Request) -> Completion:
@@ -272,7 +277,7 @@ class HostedClient:
     if not limit or not self.config.learn_rate_limits or self._session is None:
       return
     try:
-      per_minute = float(limit) * 0.97
+      per_minute = float(limit) * 0.98
     except ValueError:
       return
     bucket = self._session.rpm
