@@ -1,5 +1,6 @@
 """The five stages, as the paper describes them (REWATCH_METHOD.md sections 2-4). Each takes the
-run (pipeline.Synthesis) and returns its work items and the async function that does one.
+run (pipeline.Synthesis) and returns a `Stage`: where its work items come from and the async
+function that does one.
 
 * caption (item: a video): frames at `caption_fps` from the project's decoder; a video longer than
   `segment_length` is split by M_seg, shown the frames thinned to `segment_fps`; M_cap captions each
@@ -40,8 +41,6 @@ from rewatch_jax.rewards.format import check_format
 STAGE_NAMES = ("caption", "qa", "filter", "mc", "cot")
 SOURCE = "rewatch-synthesis"
 TOLERANCE = 1.0  # seconds a model's times may pass a segment's or the video's end
-
-
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
@@ -49,8 +48,8 @@ def find_videos(root: str) -> list[str]:
   """Video files under `root`, as paths relative to it (the records' `video`), sorted."""
   out = []
   for d, _, files in os.walk(root, followlinks=True):
-    out += [os.path.relpath(os.path.join(d, f), root) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
-            and not f.endswith(".tmp.mp4")]
+    out += [os.path.relpath(os.path.join(d, f), root) for f in files
+            if f.lower().endswith(VIDEO_EXTENSIONS) and not f.endswith(".tmp.mp4")]  # (.tmp.mp4: being written)
   return sorted(out)
 
 
