@@ -24,7 +24,6 @@ import contextlib
 import datetime
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -35,7 +34,7 @@ from data_synthesis import stages
 from data_synthesis.costs import BudgetExceeded, Costs, Price
 from data_synthesis.roles import Asker, Failed, Quarantine, Role, Unfinished
 from data_synthesis.stages import Outcome
-from data_synthesis.store import StageStore
+from data_synthesis.store import StageStore, write_atomic
 from rewatch_jax.data.records import CaptionRecord
 from rewatch_jax.hosted.client import ClientConfig, HostedClient, HostedError
 
@@ -242,8 +241,8 @@ class Synthesis:
                for name, r in self.roles.items()},
         video_spec_hash=stages.spec_hashes(self),
     )
-    _write_atomic(os.path.join(self.out, "report.json"), json.dumps(report, indent=1))
-    _write_atomic(os.path.join(self.out, "README.md"), card(report))
+    write_atomic(os.path.join(self.out, "report.json"), json.dumps(report, indent=1))
+    write_atomic(os.path.join(self.out, "README.md"), card(report))
     return report
 
 
@@ -291,9 +290,3 @@ def card(r: dict) -> str:
   lines += ["", f"VideoSpec hashes: {r['video_spec_hash']}", ""]
   return "\n".join(lines)
 
-
-def _write_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

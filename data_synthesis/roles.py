@@ -92,14 +92,12 @@ class Quarantine:
   def __init__(self, out_dir: str):
     self.path = os.path.join(out_dir, "quarantine.jsonl")
     self.keys = {e["key"] for e in read_log(self.path)}
-    self.added = 0
 
   def add(self, **entry) -> None:
     key = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
     if key in self.keys:
       return
     self.keys.add(key)
-    self.added += 1
     append_log(self.path, dict(key=key, **entry))
 
 

@@ -98,6 +98,3 @@ def response_format(schema: type[pydantic.BaseModel]) -> dict:
   return {"type": "json_schema", "json_schema": {"name": schema.__name__, "strict": True,
                                                  "schema": schema.model_json_schema()}}
 
-
-SCHEMAS = {s.__name__: s for s in (Segments, Events, Summary, Questions, Verdict, Answer, MultipleChoice, Step,
-                                   Observation, Reasoning)}

@@ -123,9 +123,14 @@ def _append(path: str, lines: list[dict]) -> None:
 
 
 def _rewrite(path: str, lines: list[dict]) -> None:
+  write_atomic(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Replace `path` with `text` all at once (a kill leaves the old file or the new, never half)."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
   with os.fdopen(fd, "w") as f:
-    f.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)

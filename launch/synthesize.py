@@ -32,7 +32,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("httpx").setLevel(logging.WARNING)  # (a line per request otherwise)
   from data_synthesis import dry_run
-  from data_synthesis.costs import BudgetExceeded
   from data_synthesis.pipeline import Synthesis
   try:
     run = Synthesis(FLAGS.config, FLAGS.videos, FLAGS.out)
@@ -40,7 +39,7 @@ def main(argv):
       print(dry_run.table(dry_run.estimate(run)))
       return
     report = run.run(FLAGS.stages)
-  except (ValueError, BudgetExceeded) as e:
+  except ValueError as e:
     sys.exit(f"error: {e}")
   print(f"wrote {FLAGS.out}/report.json and README.md: files {report['files']}, spent ${report['spent']:.4f}")
   if report["stopped"]:

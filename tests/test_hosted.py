@@ -51,6 +51,14 @@ def test_every_fault_class_is_survived_with_the_clean_answers():
   assert c._limit < 2 or c.stats["requests"] == 8  # the 429 halved the concurrency (it grows back)
 
 
+def test_the_same_request_in_flight_is_sent_once():
+  with FakeEndpoint(echo) as endpoint:
+    c = client(endpoint)
+    out = c.run(requests(1) * 5 + requests(2))
+  assert [o.text for o in out] == ["echo: question 0"] * 6 + ["echo: question 1"]
+  assert len(endpoint.answered) == 2 and c.stats["cache_hits"] == 5 and sum(o.cached for o in out) == 5
+
+
 def test_final_errors_come_back_in_place_and_retry_after_is_honoured():
   with FakeEndpoint(echo, retry_after="0.4") as endpoint:
     c = client(endpoint, max_retries=0)
